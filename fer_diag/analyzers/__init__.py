@@ -1,0 +1,1 @@
+"""Analyzers: streaming accumulators over captured activations (see :mod:`.base`)."""

@@ -1,0 +1,216 @@
+"""Capture: TransformerLens hook names + token windows → a stream of activation batches.
+
+Works on anything with the TransformerLens hook interface (``run_with_cache``,
+``hook_dict``): ``HookedTransformer`` and ``TransformerBridge`` (whose hook
+aliases such as ``blocks.3.hook_resid_post`` are resolved). One forward pass per
+batch; the pass stops after the deepest hooked layer unless logits are needed.
+Only one batch is held in memory at a time. Capture computes no statistics: the
+per-token NLL / entropy / max-probability it attaches when logits are requested
+are the model's own output distribution, reduced so that the ``[batch, pos,
+vocab]`` logits never leave this module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from fer_diag.data.suite import SetKind, Windows
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+class HookNameError(KeyError):
+    """A requested hook name (or pattern) matches no hook of the model."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class ActivationValueError(ValueError):
+    """Captured activations contain NaN or Inf."""
+
+
+@dataclass
+class ActivationBatch:
+    """Activations of one batch of windows of one text set.
+
+    ``acts[hook]`` is ``[batch, pos, d]`` float32 on CPU, read in ``basis``
+    (``"raw"`` for the hook's own coordinates, or the name of an SAE basis).
+    ``mask`` is ``[batch, pos]`` bool, True where a position counts (BOS / first
+    position and padding excluded). ``seq_index`` numbers the windows within
+    their text set, so shards can be merged. ``token_nll`` etc. are ``[batch,
+    pos]`` and present only when capture ran the full model: entry ``t`` is about
+    the prediction *of* token ``t`` from tokens ``< t``.
+    """
+
+    set_name: str
+    kind: SetKind
+    level: float | None
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    seq_index: torch.Tensor
+    acts: dict[str, torch.Tensor]
+    basis: str = "raw"
+    labels: torch.Tensor | None = None
+    token_nll: torch.Tensor | None = None
+    token_entropy: torch.Tensor | None = None
+    token_maxprob: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.acts)
+
+    def with_acts(self, acts: dict[str, torch.Tensor], basis: str) -> ActivationBatch:
+        """The same batch read in another basis."""
+        return replace(self, acts=acts, basis=basis)
+
+    def last_index(self) -> torch.Tensor:
+        """``[batch]`` position of each window's last counted token (-1 if none)."""
+        pos = torch.arange(self.mask.shape[1]).expand_as(self.mask)
+        return torch.where(self.mask, pos, torch.full_like(pos, -1)).max(dim=1).values
+
+
+def available_hooks(model) -> list[str]:
+    """All hook names the model answers to (TransformerBridge aliases included)."""
+    names = set(model.hook_dict)
+    names.update(getattr(model, "hook_aliases", None) or {})
+    return sorted(names, key=_natural_key)
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def resolve_hooks(model, patterns: Sequence[str]) -> list[str]:
+    """Expand hook names / shell wildcards (``blocks.*.hook_resid_post``) to hook names.
+
+    Raises :class:`HookNameError` listing close matches when a name or pattern
+    matches nothing.
+    """
+    known = available_hooks(model)
+    known_set = set(known)
+    out: list[str] = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            hits = [n for n in known if fnmatch.fnmatchcase(n, pat)]
+        else:
+            hits = [pat] if pat in known_set else []
+        if not hits:
+            close = difflib.get_close_matches(pat, known, n=5, cutoff=0.6)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise HookNameError(
+                f"hook {pat!r} matches no hook of this model.{hint} "
+                f"List all with `fer-diag models --hooks` or fer_diag.capture.available_hooks(model)."
+            )
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def hook_layer(name: str) -> int | None:
+    """Block index of a hook name, or None for hooks outside the blocks (embed, ln_final)."""
+    m = _LAYER_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def stop_layer(model, hooks: Sequence[str]) -> int | None:
+    """``stop_at_layer`` for a forward pass that still reaches every hook, or None for the full model."""
+    layers = [hook_layer(h) for h in hooks]
+    if any(layer is None and not h.startswith(("hook_embed", "hook_pos_embed", "embed.")) for h, layer in zip(hooks, layers)):
+        return None
+    deepest = max((layer for layer in layers if layer is not None), default=-1)
+    n_layers = model.cfg.n_layers
+    return None if deepest + 1 >= n_layers else deepest + 1
+
+
+@dataclass
+class Capture:
+    """Run ``model`` over token windows and yield :class:`ActivationBatch` es.
+
+    ``need_logits`` runs the whole model and attaches per-token NLL, predictive
+    entropy and max-probability (the perplexity baselines of DESIGN §5).
+    """
+
+    model: object
+    hooks: list[str]
+    batch_size: int = 8
+    need_logits: bool = False
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        self.hooks = resolve_hooks(self.model, self.hooks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def batches(
+        self,
+        windows: Windows,
+        kind: SetKind,
+        level: float | None = None,
+        labels: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> Iterator[ActivationBatch]:
+        """Yield one batch at a time, from window ``start`` on (resuming an interrupted run)."""
+        stop = None if self.need_logits else stop_layer(self.model, self.hooks)
+        n = len(windows)
+        for lo in range(start, n, self.batch_size):
+            hi = min(lo + self.batch_size, n)
+            tokens = windows.tokens[lo:hi]
+            out, cache = self._forward(tokens, stop)
+            acts = {h: cache[h].detach().to("cpu", torch.float32) for h in self.hooks}
+            mask = windows.mask[lo:hi]
+            if self.check_finite:
+                self._check_finite(acts, mask, windows.set_name, lo)
+            batch = ActivationBatch(
+                set_name=windows.set_name,
+                kind=kind,
+                level=level,
+                tokens=tokens,
+                mask=mask,
+                seq_index=torch.arange(lo, hi),
+                acts=acts,
+                labels=None if labels is None else labels[windows.source_index[lo:hi]],
+            )
+            if stop is None and out is not None:
+                batch.token_nll, batch.token_entropy, batch.token_maxprob = token_readouts(out, tokens)
+            yield batch
+
+    @torch.inference_mode()
+    def _forward(self, tokens: torch.Tensor, stop: int | None):
+        kwargs = {"names_filter": list(self.hooks)}
+        if stop is not None:
+            kwargs["stop_at_layer"] = stop
+        out, cache = self.model.run_with_cache(tokens.to(self.device), **kwargs)
+        return (out if stop is None else None), cache
+
+    def _check_finite(self, acts: dict[str, torch.Tensor], mask: torch.Tensor, set_name: str, lo: int) -> None:
+        for h, a in acts.items():
+            bad = ~torch.isfinite(a[mask])
+            if bad.any():
+                raise ActivationValueError(
+                    f"{int(bad.any(-1).sum())} token(s) of text set {set_name!r} (windows from {lo}) give NaN/Inf "
+                    f"activations at {h}. Run the model in float32 (dtype=torch.float32) or drop those texts."
+                )
+
+
+def token_readouts(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token NLL, predictive entropy (nats) and max-probability of the prediction of token t.
+
+    Position 0 has no prediction and is NaN. Returned on CPU, float32.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)[:, :-1]
+    target = tokens[:, 1:].to(logp.device)
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)
+    maxprob = p.max(-1).values
+    pad = torch.full((tokens.shape[0], 1), float("nan"), device=logp.device)
+    return tuple(torch.cat([pad, x], dim=1).cpu() for x in (nll, entropy, maxprob))
