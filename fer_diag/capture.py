@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from fer_diag.data.suite import SetKind, Windows
+from fer_diag.data.suite import SetKind, TextSet, Windows
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
+_EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "embed.")
 
 
 class HookNameError(KeyError):
@@ -121,10 +122,12 @@ def hook_layer(name: str) -> int | None:
 
 def stop_layer(model, hooks: Sequence[str]) -> int | None:
     """``stop_at_layer`` for a forward pass that still reaches every hook, or None for the full model."""
-    layers = [hook_layer(h) for h in hooks]
-    if any(layer is None and not h.startswith(("hook_embed", "hook_pos_embed", "embed.")) for h, layer in zip(hooks, layers)):
-        return None
-    deepest = max((layer for layer in layers if layer is not None), default=-1)
+    deepest = -1
+    for h in hooks:
+        layer = hook_layer(h)
+        if layer is None and not h.startswith(_EMBED_HOOKS):
+            return None  # ln_final / unembed hooks need the whole model
+        deepest = max(deepest, -1 if layer is None else layer)
     n_layers = model.cfg.n_layers
     return None if deepest + 1 >= n_layers else deepest + 1
 
@@ -153,12 +156,15 @@ class Capture:
     def batches(
         self,
         windows: Windows,
-        kind: SetKind,
-        level: float | None = None,
-        labels: torch.Tensor | None = None,
+        text_set: TextSet,
         start: int = 0,
     ) -> Iterator[ActivationBatch]:
-        """Yield one batch at a time, from window ``start`` on (resuming an interrupted run)."""
+        """Yield one batch of ``text_set`` at a time, from window ``start`` on (resuming an interrupted run).
+
+        The set's kind, level and axis travel with every batch (``meta["axis"]``);
+        per-text labels are mapped to windows.
+        """
+        labels = None if text_set.labels is None else torch.as_tensor(text_set.labels)
         stop = None if self.need_logits else stop_layer(self.model, self.hooks)
         n = len(windows)
         for lo in range(start, n, self.batch_size):
@@ -171,13 +177,14 @@ class Capture:
                 self._check_finite(acts, mask, windows.set_name, lo)
             batch = ActivationBatch(
                 set_name=windows.set_name,
-                kind=kind,
-                level=level,
+                kind=text_set.kind,
+                level=text_set.level,
                 tokens=tokens,
                 mask=mask,
                 seq_index=torch.arange(lo, hi),
                 acts=acts,
                 labels=None if labels is None else labels[windows.source_index[lo:hi]],
+                meta={"axis": text_set.axis},
             )
             if stop is None and out is not None:
                 batch.token_nll, batch.token_entropy, batch.token_maxprob = token_readouts(out, tokens)
