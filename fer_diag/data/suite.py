@@ -5,17 +5,34 @@ one level of a graded shift) and optional per-text labels. A :class:`Suite` is a
 ordered collection of text sets. :func:`tokenize_windows` turns a text set into
 fixed-length token windows with a mask that excludes BOS and padding, which is
 what :mod:`fer_diag.capture` consumes.
+
+:func:`default_suite` is the embedded default (DESIGN §4) and
+:func:`suite_from_files` the suite of ``--id-text`` / ``--ood-text``.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
 
 import torch
 
+from fer_diag.data.sources import (
+    DEFAULT_MIN_CHARS,
+    SOURCES,
+    MissingCorpusError,
+    Records,
+    english_fortunes,
+    read_texts,
+    words,
+)
 
-class SetKind(str, Enum):
+
+class SetKind(StrEnum):
     """Role of a text set in an audit."""
 
     IN_DISTRIBUTION = "in_distribution"
@@ -41,6 +58,7 @@ class TextSet:
     labels: list[int] | None = None
     token_ids: list[list[int]] | None = None
     source: str = ""  # human-readable provenance, e.g. "fortunes-de"
+    label_names: list[str] | None = None  # name of each label value, when labels came from strings
 
     def __len__(self) -> int:
         return len(self.token_ids) if self.token_ids is not None else len(self.texts)
@@ -48,12 +66,20 @@ class TextSet:
 
 @dataclass
 class Suite:
-    """Ordered text sets; exactly one in-distribution reference set by default."""
+    """Ordered text sets; exactly one in-distribution reference set by default.
+
+    ``skipped`` lists the sets left out because their corpus is missing, each
+    with the reason and the command that installs it.
+    """
 
     sets: list[TextSet]
+    skipped: list[str] = field(default_factory=list)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[TextSet]:
         return iter(self.sets)
+
+    def __len__(self) -> int:
+        return len(self.sets)
 
     def __getitem__(self, name: str) -> TextSet:
         for s in self.sets:
@@ -71,6 +97,18 @@ class Suite:
             if s.kind is SetKind.IN_DISTRIBUTION:
                 return s
         raise ValueError("suite has no in-distribution text set; add one with kind=SetKind.IN_DISTRIBUTION")
+
+    @property
+    def axes(self) -> list[str]:
+        """Graded-shift axes present, in order of first appearance."""
+        return list(dict.fromkeys(s.axis for s in self.sets if s.kind is SetKind.GRADED and s.axis))
+
+    def axis(self, name: str) -> list[TextSet]:
+        """The graded sets of one axis, by increasing level."""
+        sets = [s for s in self.sets if s.kind is SetKind.GRADED and s.axis == name]
+        if not sets:
+            raise KeyError(f"no graded axis named {name!r}; have {self.axes}")
+        return sorted(sets, key=lambda s: s.level)
 
 
 @dataclass
@@ -103,9 +141,262 @@ def tokenize_windows(
 ) -> Windows:
     """Tokenise ``text_set`` into at most ``max_windows`` windows of ``seq_len`` tokens.
 
-    Each text gives one window (truncated to ``seq_len``); texts with fewer than
-    ``min_tokens`` counted tokens are dropped. Raises ``ValueError`` naming the
-    set when nothing is left.
-    """
-    raise NotImplementedError  # implemented in the data module work
+    Each text gives one window: BOS first when ``bos_token_id`` is given, then the
+    text's tokens (no other special tokens), truncated to ``seq_len`` and
+    right-padded with ``pad_token_id`` (else the tokenizer's pad, else its EOS,
+    else 0). The mask is False at position 0 and on padding. Windows with fewer
+    than ``min_tokens`` counted (mask-True) tokens are dropped, and the first
+    ``max_windows`` remaining ones are kept. A set given as ``token_ids`` is used
+    as is (BOS is still prepended). Raises ``ValueError`` naming the set when it
+    is empty or nothing is left.
 
+    ``tokenizer`` is a Hugging Face tokenizer (called with
+    ``add_special_tokens=False``). Texts are cut to ``64 · seq_len`` characters
+    before tokenising, which bounds the work on very long texts.
+    """
+    name = text_set.name
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+    if len(text_set) == 0:
+        raise ValueError(
+            f"text set {name!r} is empty: give it at least one text (a non-empty file, or a corpus that is installed)"
+        )
+    pad = _pad_id(tokenizer, pad_token_id)
+    room = seq_len - (bos_token_id is not None)
+    keep: list[list[int]] = []
+    index: list[int] = []
+    longest = 0
+    for lo, ids_chunk in _content_ids(text_set, tokenizer, seq_len, max_windows):
+        for k, ids in enumerate(ids_chunk):
+            ids = ([bos_token_id] if bos_token_id is not None else []) + list(ids[:room])
+            counted = len(ids) - 1
+            longest = max(longest, counted)
+            if counted >= min_tokens and (max_windows is None or len(keep) < max_windows):
+                keep.append(ids)
+                index.append(lo + k)
+        if max_windows is not None and len(keep) >= max_windows:
+            break
+    if not keep:
+        raise ValueError(
+            f"every text of set {name!r} has fewer than min_tokens={min_tokens} counted tokens "
+            f"(longest: {longest}); pass longer texts (e.g. paragraphs instead of single lines) "
+            "or lower min_tokens"
+        )
+    tokens = torch.full((len(keep), seq_len), pad, dtype=torch.long)
+    mask = torch.zeros((len(keep), seq_len), dtype=torch.bool)
+    for r, ids in enumerate(keep):
+        tokens[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[r, 1 : len(ids)] = True
+    return Windows(name, tokens, mask, torch.tensor(index, dtype=torch.long))
+
+
+def _pad_id(tokenizer, pad_token_id: int | None) -> int:
+    for cand in (pad_token_id, getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if cand is not None:
+            return int(cand)
+    return 0
+
+
+def _content_ids(
+    text_set: TextSet, tokenizer, seq_len: int, max_windows: int | None
+) -> Iterator[tuple[int, list[list[int]]]]:
+    """``(first index, token ids)`` of successive chunks of the set's texts (no special tokens)."""
+    if text_set.token_ids is not None:
+        yield 0, text_set.token_ids
+        return
+    step = max(256, 2 * (max_windows or 0))
+    texts = text_set.texts
+    for lo in range(0, len(texts), step):
+        chunk = [t[: 64 * seq_len] for t in texts[lo : lo + step]]
+        yield lo, tokenizer(chunk, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------ suites
+#: Shifted sets of the default suite, in report order (each is a registered source).
+DEFAULT_SHIFTED: tuple[str, ...] = (
+    "fortunes_de",
+    "fortunes_es",
+    "fortunes_it",
+    "fortunes_pl",
+    "fortunes_ru",
+    "fortunes_zh",
+    "python_code",
+    "iso_json",
+    "latex",
+)
+ID_SET = "fortunes_en"
+
+
+def _reader_kwargs(name: str, seq_len: int) -> dict:
+    """Text-size parameters of a source, scaled up for windows longer than 128 tokens."""
+    scale = max(1.0, seq_len / 128)
+    if name.startswith("fortunes_"):
+        return {"min_chars": round(DEFAULT_MIN_CHARS * scale)}
+    return {
+        "python_code": {"lines": round(24 * scale)},
+        "iso_json": {"entries_per_text": round(4 * scale)},
+        "latex": {"min_chars": round(300 * scale)},
+    }.get(name, {})
+
+
+def training_texts(max_texts: int | None = None, seed: int = 0, seq_len: int = 128) -> list[str]:
+    """English fortune texts of the training split (for SAE training).
+
+    They share no fortune entry with the audit's in-distribution or graded sets
+    (see :func:`fer_diag.data.sources.is_heldout`).
+    """
+    return english_fortunes(max_texts, seed, split="train", **_reader_kwargs(ID_SET, seq_len))
+
+
+def default_suite(
+    tokenizer,
+    n_per_set: int = 96,
+    seed: int = 0,
+    seq_len: int = 128,
+    on_missing: Literal["skip", "raise"] = "skip",
+) -> Suite:
+    """The embedded default suite (DESIGN §4).
+
+    * ``fortunes_en`` (in-distribution): ``n_per_set`` texts of the held-out
+      English fortunes.
+    * shifted: one set per foreign fortune language (``fortunes_de`` …
+      ``fortunes_zh``), ``python_code``, ``iso_json``, ``latex``.
+    * graded (:func:`fer_diag.data.shifts.graded_sets`): axes ``char_noise`` and
+      ``shift``, built from another ``n_per_set`` held-out texts, disjoint from
+      the in-distribution set, so ``char_noise_00`` / ``shift_0_clean`` against
+      ``fortunes_en`` is a null comparison (expected AUROC ≈ 0.5). Only when the
+      held-out split has a single text do both use it.
+
+    Fortunes are joined into texts of ≥ 600 characters (× ``seq_len`` / 128 when
+    longer windows are asked for) so windows are full. With
+    ``on_missing="skip"`` a missing corpus leaves its set out and is recorded in
+    ``Suite.skipped`` with its install command; ``"raise"`` raises
+    :class:`~fer_diag.data.sources.MissingCorpusError`. Missing English fortunes
+    always raise: there is no reference set without them.
+    """
+    from fer_diag.data.shifts import graded_sets
+
+    if on_missing not in ("skip", "raise"):
+        raise ValueError(f"on_missing must be 'skip' or 'raise', got {on_missing!r}")
+    heldout = english_fortunes(split="heldout", **_reader_kwargs(ID_SET, seq_len))
+    picked = random.Random(seed).sample(range(len(heldout)), min(2 * n_per_set, len(heldout)))
+    n_id = min(n_per_set, max(1, len(picked) // 2))
+    id_texts = [heldout[i] for i in sorted(picked[:n_id])]
+    graded_texts = [heldout[i] for i in sorted(picked[n_id:])] or id_texts
+    sets = [TextSet(ID_SET, SetKind.IN_DISTRIBUTION, texts=id_texts, source="fortunes, fortunes-min (held-out)")]
+    skipped: list[str] = []
+
+    def missing(e: MissingCorpusError, what: str) -> None:
+        if on_missing == "raise":
+            raise e
+        skipped.append(f"{what}: {e}")
+
+    for name in DEFAULT_SHIFTED:
+        spec = SOURCES[name]
+        try:
+            texts = spec.reader(n_per_set, seed, **_reader_kwargs(name, seq_len))
+        except MissingCorpusError as e:
+            missing(e, name)
+            continue
+        sets.append(TextSet(name, SetKind.SHIFTED, texts=texts, source=spec.package))
+    try:
+        vocab = words()
+    except MissingCorpusError as e:
+        missing(e, "shift_3_word_salad")
+        vocab = []
+    sets += graded_sets(graded_texts, tokenizer, seed, seq_len - 1, vocab, source="fortunes_en held-out")
+    return Suite(sets, skipped)
+
+
+def _as_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+
+
+def _read_set(paths: list[Path], field: str, label_field: str | None, n: int | None, seed: int) -> Records:
+    """Concatenated records of ``paths`` (labels kept only when every file has the same label names)."""
+    recs = [read_texts(p, field, label_field) for p in paths]
+    for p, r in zip(paths, recs, strict=True):
+        if not r.texts:
+            raise ValueError(f"{p} holds no text; pass a file with at least one non-empty line")
+    if len({tuple(r.label_names or ()) for r in recs}) > 1:
+        raise ValueError(f"label values differ in kind between {', '.join(map(str, paths))}; use one labelling")
+    texts = [t for r in recs for t in r.texts]
+    labels = [y for r in recs for y in r.labels] if label_field is not None else None
+    keep = sorted(random.Random(seed).sample(range(len(texts)), n)) if n is not None and len(texts) > n else None
+    if keep is not None:
+        texts = [texts[i] for i in keep]
+        labels = [labels[i] for i in keep] if labels is not None else None
+    return Records(texts, labels, recs[0].label_names)
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, k = name, 2
+    while out in taken:
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def suite_from_files(
+    id_paths: str | Path | Sequence[str | Path],
+    ood_paths: str | Path | Sequence[str | Path] = (),
+    tokenizer=None,
+    *,
+    graded: bool = True,
+    n_per_set: int | None = 256,
+    seed: int = 0,
+    seq_len: int = 128,
+    field: str = "text",
+    label_field: str | None = None,
+) -> Suite:
+    """A suite from user files (``--id-text`` / ``--ood-text``).
+
+    Files are read by extension (``.jsonl`` / ``.ndjson``: one JSON object per
+    line, text in ``field``; anything else: plain text, see
+    :func:`fer_diag.data.sources.read_text_file`). All ``id_paths`` form the one
+    in-distribution set (named after the first file); each of ``ood_paths`` is a
+    shifted set named after its file. Each set keeps a seeded sample of at most
+    ``n_per_set`` texts. With ``graded`` (needs ``tokenizer``) the graded axes
+    of :func:`fer_diag.data.shifts.graded_sets` are built from the
+    in-distribution texts themselves; without ``wamerican`` the word-salad step
+    is skipped and recorded in ``Suite.skipped``.
+    """
+    from fer_diag.data.shifts import graded_sets
+
+    ids = _as_paths(id_paths)
+    if not ids:
+        raise ValueError("pass at least one in-distribution text file (--id-text)")
+    taken: set[str] = set()
+    rec = _read_set(ids, field, label_field, n_per_set, seed)
+    ref = TextSet(
+        _unique(ids[0].stem, taken),
+        SetKind.IN_DISTRIBUTION,
+        texts=rec.texts,
+        labels=rec.labels,
+        label_names=rec.label_names,
+        source=", ".join(map(str, ids)),
+    )
+    sets = [ref]
+    for p in _as_paths(ood_paths):
+        r = _read_set([p], field, label_field, n_per_set, seed)
+        sets.append(
+            TextSet(
+                _unique(p.stem, taken),
+                SetKind.SHIFTED,
+                texts=r.texts,
+                labels=r.labels,
+                label_names=r.label_names,
+                source=str(p),
+            )
+        )
+    skipped: list[str] = []
+    if graded:
+        if tokenizer is None:
+            raise ValueError("graded shifts need the tokenizer (random token ids); pass tokenizer= or graded=False")
+        try:
+            vocab = words()
+        except MissingCorpusError as e:
+            skipped.append(f"shift_3_word_salad: {e}")
+            vocab = []
+        sets += graded_sets(ref.texts, tokenizer, seed, seq_len - 1, vocab, source=ref.name)
+    return Suite(sets, skipped)

@@ -1,0 +1,354 @@
+"""Data layer: corpus readers, graded shifts, tokenisation into windows, suites."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer_diag.data import shifts, sources
+from fer_diag.data.suite import SetKind, TextSet, default_suite, suite_from_files, tokenize_windows, training_texts
+
+REAL_FORTUNES = Path("/usr/share/games/fortunes")
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "from", "home"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A word-level tokenizer: [PAD]=0, [BOS]=1, [EOS]=2, [UNK]=3, then one id per word of ``WORDS``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[BOS]", "[EOS]", "[UNK]", *WORDS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]", unk_token="[UNK]"
+    )
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _fortunes(entries: list[str]) -> str:
+    return "\n%\n".join(entries) + "\n%\n"
+
+
+@pytest.fixture
+def corpus_root(tmp_path: Path) -> Path:
+    """A small fortunes tree: two English files, German with ``.u8``/``.dat``/``off/``, nothing else."""
+    root = tmp_path / "fortunes"
+    _write(root / "fortunes", _fortunes([f"English fortune number {i} about cats and dogs. " * 2 for i in range(300)]))
+    _write(root / "science", _fortunes([f"Science says {i} things." for i in range(40)]))
+    _write(root / "chinese", _fortunes(["中文"]))  # a zh file at the top level is not English
+    _write(root / "de" / "witze", _fortunes(["Latin-1 Basis"]))
+    _write(root / "de" / "witze.u8", _fortunes([f"Deutscher Witz Nummer {i}." for i in range(20)]))
+    _write(root / "de" / "witze.dat", "binary index")
+    _write(root / "de" / "leer.u8", "")  # an empty .u8 falls back to its base file
+    _write(root / "de" / "leer", _fortunes(["Aus der Basisdatei."]))
+    _write(root / "de" / "off" / "boese", _fortunes(["nicht lesen"]))
+    return root
+
+
+# ----------------------------------------------------------------- sources
+def test_parse_fortunes_format(tmp_path: Path) -> None:
+    raw = "First line\nsecond line\n%\n\n%\nBo\bol\bld and \x1b[33mcolour\x1b[m   \n%  \nLast\n\t\t-- Someone\n"
+    entries = sources.read_fortune_file(_write(tmp_path / "f", raw))
+    assert entries == ["First line\nsecond line", "Bold and colour", "Last\n\t\t-- Someone"]
+
+
+def test_fortune_files_prefer_u8_and_skip_off_and_dat(corpus_root: Path) -> None:
+    texts = sources.foreign_fortunes("de", min_chars=1, root=corpus_root)
+    assert "Aus der Basisdatei." in texts
+    assert "Deutscher Witz Nummer 0." in texts
+    assert not any("Latin-1" in t or "nicht lesen" in t or "binary" in t for t in texts)
+
+
+def test_join_entries_reaches_min_chars() -> None:
+    entries = [f"entry {i:02d}" for i in range(10)]  # 8 chars each, 10 with the separator
+    texts = sources.join_entries(entries, min_chars=30)
+    assert texts == ["\n\n".join(entries[i : i + 3]) for i in (0, 3, 6)]  # the 1-entry remainder is dropped
+    assert sources.join_entries(["short"], min_chars=100) == ["short"]
+
+
+def test_english_split_is_disjoint_and_excludes_other_languages(corpus_root: Path) -> None:
+    train = sources.english_fortunes(split="train", min_chars=1, root=corpus_root)
+    held = sources.english_fortunes(split="heldout", min_chars=1, root=corpus_root)
+    everything = sources.english_fortunes(min_chars=1, root=corpus_root)
+    assert train and held
+    assert not set(train) & set(held)
+    assert sorted(train + held) == sorted(everything)
+    assert all(sources.is_heldout(t) for t in held) and not any(sources.is_heldout(t) for t in train)
+    assert not any("中文" in t for t in everything)
+
+
+def test_sample_is_seeded_bounded_and_ordered() -> None:
+    items = list(range(100))
+    a = sources.sample(items, 10, seed=1)
+    assert a == sources.sample(items, 10, seed=1) == sorted(a)
+    assert len(a) == 10 and a != sources.sample(items, 10, seed=2)
+    assert sources.sample(items, None) == items
+
+
+def test_missing_corpus_names_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(sources.MissingCorpusError, match=re.escape("sudo apt-get install fortunes-de")):
+        sources.foreign_fortunes("de", root=empty)
+    monkeypatch.setenv(sources.FORTUNES_ENV, str(empty))
+    with pytest.raises(FileNotFoundError, match=re.escape("sudo apt-get install fortunes fortunes-min")):
+        sources.english_fortunes()
+    monkeypatch.setenv(sources.WORDS_ENV, str(empty / "words"))
+    with pytest.raises(sources.MissingCorpusError, match="wamerican"):
+        sources.words()
+    monkeypatch.setenv(sources.ISO_CODES_ENV, str(empty))
+    with pytest.raises(sources.MissingCorpusError, match="iso-codes"):
+        sources.iso_json()
+    rows = {r.name: r for r in sources.availability(["fortunes_de", "words"])}
+    assert not rows["fortunes_de"].available and rows["fortunes_de"].n_texts is None
+    assert rows["fortunes_de"].install_command == "sudo apt-get install fortunes-de"
+    assert "fortunes-de" in rows["fortunes_de"].reason
+
+
+def test_unknown_language() -> None:
+    with pytest.raises(ValueError, match="unknown fortune language"):
+        sources.foreign_fortunes("xx")
+
+
+def test_python_code_and_iso_json_from_given_roots(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    _write(lib / "mod.py", "\n".join(f"value_{i} = compute_something({i}, keyword=True)" for i in range(60)))
+    _write(lib / "test" / "test_mod.py", "x = 1\n" * 200)
+    chunks = sources.python_code(lines=24, root=lib)
+    assert len(chunks) == 3 and chunks[0].count("\n") == 23 and "test" not in "".join(chunks)
+    iso = tmp_path / "iso"
+    _write(iso / "iso_1.json", json.dumps({"1": [{"code": str(i)} for i in range(9)]}))
+    _write(iso / "schema-1.json", json.dumps({"ignored": True}))
+    texts = sources.iso_json(entries_per_text=4, root=iso)
+    assert [len(json.loads(t)["1"]) for t in texts] == [4, 4, 1]
+
+
+def test_math_blocks() -> None:
+    doc = """Intro.
+
+    .. math::
+        y = \\frac{1}{2}
+
+        z = 3
+
+    Args:
+        x: input
+    .. math:: a^2 + b^2
+    """
+    assert sources.math_blocks(doc) == ["y = \\frac{1}{2}\n\nz = 3", "a^2 + b^2"]
+
+
+def test_read_text_file_rule(tmp_path: Path) -> None:
+    lines = _write(tmp_path / "lines.txt", "one\n\ntwo\nthree\n")
+    assert sources.read_text_file(lines) == ["one", "two\nthree"]  # a blank line: paragraphs
+    spaced = _write(tmp_path / "spaced.txt", "one\ntwo\n   \nthree")  # a whitespace-only line is blank too
+    assert sources.read_text_file(spaced) == ["one\ntwo", "three"]
+    per_line = _write(tmp_path / "per_line.txt", "one\ntwo\nthree\n")
+    assert sources.read_text_file(per_line) == ["one", "two", "three"]  # no blank line: one text per line
+
+
+def test_read_jsonl_labels_and_errors(tmp_path: Path) -> None:
+    rows = [{"text": "a", "y": "pos"}, {"text": "b", "y": "neg"}, {"text": "c", "y": "pos"}]
+    path = _write(tmp_path / "d.jsonl", "\n".join(map(json.dumps, rows)) + "\n\n")
+    rec = sources.read_jsonl(path, label_field="y")
+    assert rec.texts == ["a", "b", "c"] and rec.labels == [1, 0, 1] and rec.label_names == ["neg", "pos"]
+    assert sources.read_jsonl(path).labels is None
+    with pytest.raises(ValueError, match="no field 'body'"):
+        sources.read_jsonl(path, field="body")
+    _write(path, '{"text": "a"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"d.jsonl:2"):
+        sources.read_jsonl(path)
+
+
+def test_from_hf_dataset() -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"text": ["x", "y"], "label": [0, 1]})
+    assert sources.from_hf_dataset(ds, "text", "label") == sources.Records(["x", "y"], [0, 1], None)
+    with pytest.raises(ValueError, match="no column 'body'"):
+        sources.from_hf_dataset(ds, "body")
+
+
+# ------------------------------------------------------------------ shifts
+TEXT = "The quick brown fox jumps over the lazy dog while the cat sleeps on a warm mat. " * 5
+
+
+def _changed(a: str, b: str) -> int:
+    assert len(a) == len(b)
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+def test_char_noise_hits_fraction_deterministic_monotone() -> None:
+    n = sum(not c.isspace() for c in TEXT)
+    previous: set[int] = set()
+    for level in shifts.CHAR_NOISE_LEVELS:
+        (out,) = shifts.char_noise([TEXT], level, seed=3)
+        assert out == shifts.char_noise([TEXT], level, seed=3)[0]
+        assert _changed(TEXT, out) == pytest.approx(level * n, abs=1)
+        assert [i for i, c in enumerate(out) if c.isspace()] == [i for i, c in enumerate(TEXT) if c.isspace()]
+        changed = {i for i, (x, y) in enumerate(zip(TEXT, out, strict=True)) if x != y}
+        assert previous <= changed and (level == 0 or len(changed) > len(previous))
+        assert all(out[i] in shifts.NOISE_ALPHABET for i in changed)
+        previous = changed
+    assert shifts.char_noise([TEXT], 0.2, seed=3) != shifts.char_noise([TEXT], 0.2, seed=4)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        shifts.char_noise([TEXT], 1.5)
+
+
+def test_word_shuffle_preserves_words_and_layout() -> None:
+    text = "alpha beta\ngamma  delta epsilon zeta eta theta iota kappa"
+    (out,) = shifts.word_shuffle([text], 1.0, seed=0)
+    assert Counter(out.split()) == Counter(text.split())
+    assert out != text and re.findall(r"\s+", out) == re.findall(r"\s+", text)
+    assert shifts.word_shuffle([text], 1.0, seed=0) == [out]
+    assert shifts.word_shuffle([text], 0.0, seed=0) == [text]
+
+
+def test_word_salad_keeps_word_count() -> None:
+    vocab = ["zebra", "quartz", "nimbus"]
+    (out,) = shifts.word_salad([TEXT], 1.0, seed=1, vocabulary=vocab)
+    assert len(out.split()) == len(TEXT.split()) and set(out.split()) <= set(vocab)
+    (half,) = shifts.word_salad([TEXT], 0.5, seed=1, vocabulary=vocab)
+    kept = sum(a == b for a, b in zip(half.split(), TEXT.split(), strict=True))
+    assert kept == pytest.approx(len(TEXT.split()) / 2, abs=1)
+
+
+def test_random_tokens_avoid_specials(tok) -> None:
+    ids = shifts.random_tokens(tok, n=50, length=20, seed=0)
+    assert len(ids) == 50 and all(len(r) == 20 for r in ids)
+    flat = {t for r in ids for t in r}
+    assert flat.isdisjoint({0, 1, 2, 3}) and flat <= set(range(4, len(tok)))
+    assert ids == shifts.random_tokens(tok, n=50, length=20, seed=0) != shifts.random_tokens(tok, 50, 20, seed=1)
+
+
+def test_graded_sets_axes_and_levels(tok) -> None:
+    sets = shifts.graded_sets([TEXT, TEXT[:100]], tok, seed=0, length=9, vocabulary=["zebra"])
+    by_name = {s.name: s for s in sets}
+    assert [(s.name, s.level) for s in sets if s.axis == "char_noise"] == [
+        ("char_noise_00", 0.0), ("char_noise_05", 0.05), ("char_noise_10", 0.10),
+        ("char_noise_20", 0.20), ("char_noise_40", 0.40),
+    ]  # fmt: skip
+    assert [(s.name, s.level) for s in sets if s.axis == "shift"] == list(shifts.SHIFT_LEVELS.items())
+    assert all(s.kind is SetKind.GRADED for s in sets)
+    assert by_name["shift_1_char_noise_10"].texts == by_name["char_noise_10"].texts
+    assert by_name["shift_0_clean"].texts == [TEXT, TEXT[:100]]
+    assert [len(r) for r in by_name["shift_4_random_tokens"].token_ids] == [9, 9]
+    no_salad = shifts.graded_sets([TEXT], tok, vocabulary=[])
+    assert "shift_3_word_salad" not in {s.name for s in no_salad}
+
+
+# -------------------------------------------------------------- windows
+def test_tokenize_windows_masks_bos_and_padding(tok) -> None:
+    ts = TextSet("hand", SetKind.SHIFTED, texts=["the cat sat", "a dog ran far away from home", "cat"])
+    w = tokenize_windows(ts, tok, seq_len=6, min_tokens=2, bos_token_id=1)
+    v = tok.get_vocab()
+    assert w.set_name == "hand"
+    assert w.tokens.tolist() == [
+        [1, v["the"], v["cat"], v["sat"], 0, 0],
+        [1, v["a"], v["dog"], v["ran"], v["far"], v["away"]],  # truncated to seq_len
+    ]
+    assert w.mask.tolist() == [[False, True, True, True, False, False], [False, True, True, True, True, True]]
+    assert w.source_index.tolist() == [0, 1]  # "cat" has 1 counted token < min_tokens
+    assert w.tokens.dtype == torch.long and w.mask.dtype == torch.bool
+
+
+def test_tokenize_windows_without_bos_pad_fallback_and_cap(tok) -> None:
+    ts = TextSet("nobos", SetKind.SHIFTED, texts=["the cat", "the cat sat on a mat", "dog ran"])
+    w = tokenize_windows(ts, tok, seq_len=4, min_tokens=1, pad_token_id=None, max_windows=2)
+    assert len(w) == 2 and w.source_index.tolist() == [0, 1]
+    assert w.mask.tolist() == [[False, True, False, False], [False, True, True, True]]
+    tok_no_pad = tok.__class__(tokenizer_object=tok.backend_tokenizer, eos_token="[EOS]")
+    w2 = tokenize_windows(ts, tok_no_pad, seq_len=4, min_tokens=1, bos_token_id=1)
+    assert w2.tokens[0].tolist() == [1, tok.get_vocab()["the"], tok.get_vocab()["cat"], 2]  # padded with EOS
+
+
+def test_tokenize_windows_token_ids(tok) -> None:
+    ts = TextSet("ids", SetKind.GRADED, token_ids=[[5, 6, 7, 8, 9], [5]], level=4.0, axis="shift")
+    w = tokenize_windows(ts, tok, seq_len=4, min_tokens=2, bos_token_id=1, pad_token_id=0)
+    assert w.tokens.tolist() == [[1, 5, 6, 7]] and w.mask.sum().item() == 3
+
+
+def test_tokenize_windows_errors_name_the_set(tok) -> None:
+    with pytest.raises(ValueError, match="'empty_set' is empty"):
+        tokenize_windows(TextSet("empty_set", SetKind.SHIFTED), tok)
+    short = TextSet("tiny", SetKind.SHIFTED, texts=["cat", "the cat", ""])
+    with pytest.raises(ValueError, match=r"'tiny'.*min_tokens=8.*longest: 2"):
+        tokenize_windows(short, tok, bos_token_id=1)
+
+
+# ------------------------------------------------------------------ suites
+def test_default_suite_skips_missing_with_install_command(
+    corpus_root: Path, tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(sources.FORTUNES_ENV, str(corpus_root))
+    monkeypatch.setenv(sources.WORDS_ENV, str(tmp_path / "no_words"))
+    monkeypatch.setenv(sources.ISO_CODES_ENV, str(tmp_path / "no_iso"))
+    suite = default_suite(tok, n_per_set=4, seq_len=16)
+    skipped = " | ".join(suite.skipped)
+    for cmd in ("fortunes-es", "fortunes-it", "fortunes-pl", "fortunes-ru", "iso-codes", "wamerican"):
+        assert f"sudo apt-get install {cmd}" in skipped
+    assert {"fortunes_de", "fortunes_zh"} <= set(suite.names) and "shift_3_word_salad" not in suite.names
+    assert suite.reference.name == "fortunes_en" and len(suite.reference) == 4
+    assert suite.axes == ["char_noise", "shift"]
+    assert [s.level for s in suite.axis("shift")] == [0, 1, 2, 4]
+    with pytest.raises(sources.MissingCorpusError, match="fortunes-es"):
+        default_suite(tok, n_per_set=4, on_missing="raise")
+
+
+def test_suite_from_files(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sources.WORDS_ENV, str(_write(tmp_path / "words", "zebra\nquartz\nzebra's\n")))
+    id_path = _write(tmp_path / "mine.txt", "the cat sat on a mat\nthe dog ran far away\n")
+    ood_path = _write(tmp_path / "other.jsonl", json.dumps({"text": "from home far away"}) + "\n")
+    suite = suite_from_files([id_path], [ood_path, ood_path], tok, seq_len=8)
+    assert suite.names[:3] == ["mine", "other", "other_2"]
+    assert suite.reference.texts == ["the cat sat on a mat", "the dog ran far away"]
+    assert suite["other"].kind is SetKind.SHIFTED and suite["other"].texts == ["from home far away"]
+    salad = suite["shift_3_word_salad"].texts
+    assert {w for t in salad for w in t.split()} <= {"zebra", "quartz"}  # possessives dropped
+    assert all(len(r) == 7 for r in suite["shift_4_random_tokens"].token_ids)
+    assert suite_from_files(id_path, ood_path, graded=False).names == ["mine", "other"]
+    with pytest.raises(ValueError, match="need the tokenizer"):
+        suite_from_files(id_path, ood_path)
+    _write(tmp_path / "blank.txt", "\n\n")
+    with pytest.raises(ValueError, match="holds no text"):
+        suite_from_files(tmp_path / "blank.txt", ood_path, graded=False)
+
+
+@pytest.fixture(scope="module")
+def real_suite(tok):
+    if not (REAL_FORTUNES / "fortunes").exists():
+        pytest.skip("Debian fortunes not installed (sudo apt-get install fortunes fortunes-min)")
+    return default_suite(tok, n_per_set=32, seed=0)
+
+
+def test_default_suite_on_installed_corpora(real_suite, tok) -> None:
+    suite = real_suite
+    expected_shifted = {f"fortunes_{lang}" for lang in sources.FOREIGN_LANGUAGES} | {"python_code", "iso_json", "latex"}
+    shifted = {s.name for s in suite if s.kind is SetKind.SHIFTED}
+    assert shifted == expected_shifted - {s.split(":")[0] for s in suite.skipped}
+    assert suite.reference.name == "fortunes_en" and len(suite.reference) == 32
+    assert [s.name for s in suite.axis("char_noise")] == [f"char_noise_{p:02d}" for p in (0, 5, 10, 20, 40)]
+    assert len(set(suite.names)) == len(suite.names)
+    for s in suite:
+        assert len(tokenize_windows(s, tok, seq_len=64, min_tokens=8, bos_token_id=1)) > 0, s.name
+
+
+def test_default_suite_id_disjoint_from_training(real_suite) -> None:
+    id_texts = set(real_suite.reference.texts)
+    graded_src = set(real_suite["shift_0_clean"].texts)
+    train = training_texts()
+    heldout = set(sources.english_fortunes(split="heldout"))
+    assert train and id_texts <= heldout and graded_src <= heldout
+    assert not id_texts & set(train) and not id_texts & graded_src
+    assert real_suite["char_noise_00"].texts == real_suite["shift_0_clean"].texts
