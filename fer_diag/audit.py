@@ -288,7 +288,7 @@ class Audit:
         c = self.config
         rand = load_model(loaded, random_init=True, seed=c.seed)
         capture = Capture(rand.model, hooks, batch_size=c.batch_size, need_logits=False)
-        sets = [suite.reference] + [s for s in suite if s.kind is not SetKind.IN_DISTRIBUTION][: c.control_sets - 1]
+        sets = [suite.reference, *[s for s in suite if s.kind is not SetKind.IN_DISTRIBUTION][: c.control_sets - 1]]
         sparsity = SparsityAnalyzer(massive_dims={}, max_seqs_per_set=c.max_seqs)
         with self._progress() as bar:
             task = bar.add_task("random-init control", total=sum(len(windows[s.name]) for s in sets)) if bar else None

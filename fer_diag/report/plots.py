@@ -1,0 +1,120 @@
+"""PNG plots of a report (matplotlib, Agg backend): drawn from report numbers only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fer_diag.report import views
+from fer_diag.report.schema import Report
+
+
+def _graded_axes(report: Report) -> dict[str, list[tuple[float, str]]]:
+    axes: dict[str, list[tuple[float, str]]] = {}
+    for s in report.text_sets:
+        if s.kind == "graded" and s.level is not None:
+            axes.setdefault(s.axis or s.name, []).append((s.level, s.name))
+    return {a: sorted(v) for a, v in axes.items()}
+
+
+def sparsity_vs_shift(report: Report, out: Path, basis: str = "raw", metric: str = "hoyer") -> list[Path]:
+    """One figure per graded axis: the metric (mean over windows) against shift level, a line per hooked layer."""
+    paths = []
+    for axis, levels in _graded_axes(report).items():
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        cmap = plt.get_cmap("viridis")
+        hooks = report.hooks
+        for i, hook in enumerate(hooks):
+            ys = [views.profile_value(report, basis, hook, name, metric) for _, name in levels]
+            if all(y is None for y in ys):
+                continue
+            ax.plot([lv for lv, _ in levels], ys, marker="o", ms=3, color=cmap(i / max(len(hooks) - 1, 1)), label=hook)
+        ax.set_xlabel(f"shift level ({axis})")
+        ax.set_ylabel(f"{metric} ({basis}, mean over windows)")
+        ax.set_title(f"{metric} along the {axis} axis — {report.model.name}")
+        if len(hooks) <= 12:
+            ax.legend(fontsize=6, ncol=2)
+        else:
+            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(hooks) - 1))
+            fig.colorbar(sm, ax=ax, label="hook index (shallow → deep)")
+        fig.tight_layout()
+        path = out / f"sparsity_vs_{axis}_{basis}_{metric}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]:
+    """Per shifted set: direction-free AUROC of each headline metric per layer, with the baselines as lines."""
+    paths = []
+    for set_name in views.set_names(report, kinds=["shifted"]):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for metric in views.headline_metrics(basis):
+            rows = views.detection_rows(
+                report, source="sparsity", basis=basis, metric=metric, set_name=set_name, masked=False
+            )
+            rows = [r for r in rows if r["reduce"] in ("mean", "window")]
+            rows.sort(key=lambda r: views.layer_of(r["hook"]))
+            if rows:
+                ax.plot(
+                    [views.layer_of(r["hook"]) for r in rows],
+                    [r["auroc_oriented"] for r in rows],
+                    marker="o",
+                    ms=3,
+                    label=metric,
+                )
+        for style, base in zip(("--", ":", "-."), views.BASELINES, strict=True):
+            row = views.baseline_auroc(report, set_name, base)
+            if row is not None:
+                ax.axhline(row["auroc_oriented"], ls=style, color="grey", label=f"baseline: {base}")
+        ax.axhline(0.5, color="black", lw=0.5)
+        ax.set_ylim(0.4, 1.01)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("AUROC (direction-free)")
+        ax.set_title(f"{set_name} vs in-distribution ({basis})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"auroc_{basis}_{set_name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def massive_per_layer(report: Report, out: Path) -> list[Path]:
+    hooks = report.massive.get("hooks", {})
+    if not hooks:
+        return []
+    items = sorted(hooks.items(), key=lambda kv: views.layer_of(kv[0]))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(
+        [views.layer_of(h) for h, _ in items],
+        [max((d["max_abs"] for d in v["dims"]), default=0.0) for _, v in items],
+    )
+    ax.set_yscale("symlog")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("max |h| of massive dims")
+    ax.set_title("massive activations (Sun et al. 2024 criterion)")
+    fig.tight_layout()
+    path = out / "massive_per_layer.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def draw_all(report: Report, out_dir: Path) -> dict[str, str]:
+    """Draw every plot into ``out_dir/plots``; return name → path relative to ``out_dir``."""
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for basis in views.bases(report):
+        metric = views.headline_metrics(basis)[0]
+        paths += sparsity_vs_shift(report, plot_dir, basis, metric)
+        paths += auroc_per_layer(report, plot_dir, basis)
+    paths += massive_per_layer(report, plot_dir)
+    return {p.stem: str(p.relative_to(out_dir)) for p in paths}

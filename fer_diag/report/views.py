@@ -1,0 +1,84 @@
+"""Tables drawn from a :class:`~fer_diag.report.schema.Report`, shared by every rendering.
+
+Views only select and arrange numbers the analyzers computed; they compute
+nothing new (except picking, e.g., the largest of computed AUROCs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fer_diag.capture import hook_layer
+from fer_diag.report.schema import Report
+
+#: metrics shown in headline tables, per basis (all metrics are in the JSON)
+HEADLINE = {"raw": ("hoyer", "thresh_density", "participation_ratio"), "sae": ("l0", "hoyer")}
+BASELINES = ("nll", "entropy", "maxprob")
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if x != x:  # NaN
+            return "–"
+        if abs(x) >= 1e4 or (0 < abs(x) < 1e-3):
+            return f"{x:.2e}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_ci(value: float | None, ci: Iterable[float] | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if not ci:
+        return fmt(value, digits)
+    lo, hi = ci
+    return f"{fmt(value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
+
+
+def headline_metrics(basis: str) -> tuple[str, ...]:
+    return HEADLINE.get("raw" if basis == "raw" else "sae", ())
+
+
+def bases(report: Report) -> list[str]:
+    return list(report.sparsity.get("profiles", {}))
+
+
+def set_names(report: Report, kinds: Iterable[str] | None = None) -> list[str]:
+    kinds = set(kinds) if kinds is not None else None
+    return [s.name for s in report.text_sets if kinds is None or s.kind in kinds]
+
+
+def profile_value(
+    report: Report, basis: str, hook: str, set_name: str, metric: str, masked: bool = False, stat: str = "seq_mean"
+) -> float | None:
+    """A per-set aggregate of one metric (``seq_mean`` = mean over windows of the window mean)."""
+    prof = report.sparsity.get("profiles", {}).get(basis, {}).get(hook, {}).get(set_name)
+    if prof is None:
+        return None
+    entry = prof["metrics"].get(metric, {})
+    side = entry.get("masked" if masked else "unmasked") or entry.get("unmasked") or {}
+    return side.get(stat)
+
+
+def detection_rows(report: Report, **where: Any) -> list[dict]:
+    """Familiarity detection rows whose fields equal ``where``."""
+    rows = report.familiarity.get("detection", [])
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def graded_rows(report: Report, **where: Any) -> list[dict]:
+    rows = report.familiarity.get("graded", [])
+    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+
+
+def baseline_auroc(report: Report, set_name: str, metric: str = "nll") -> dict | None:
+    rows = detection_rows(report, source="baseline", metric=metric, set_name=set_name)
+    return rows[0] if rows else None
+
+
+def layer_of(hook: str) -> int:
+    layer = hook_layer(hook)
+    return -1 if layer is None else layer
