@@ -1,0 +1,184 @@
+"""Massive activations: detection by hand, analyzer statistics, merging, and the scaffold intervention."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from fer_diag.analyzers.massive import MassiveAnalyzer, detect_massive, massive_dims, scaffold_intervention
+from fer_diag.capture import ActivationBatch
+from fer_diag.data.suite import SetKind
+
+D = 16
+
+
+def make_batch(acts: dict[str, torch.Tensor], tokens: torch.Tensor, mask: torch.Tensor, start: int = 0, basis="raw"):
+    return ActivationBatch(
+        set_name="id",
+        kind=SetKind.IN_DISTRIBUTION,
+        level=None,
+        tokens=tokens,
+        mask=mask,
+        seq_index=torch.arange(start, start + tokens.shape[0]),
+        acts=acts,
+        basis=basis,
+    )
+
+
+def flat(b: int, t: int, value: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations with |h| = value everywhere (median = value), and a mask without position 0."""
+    acts = torch.full((b, t, D), value)
+    acts[..., ::2] *= -1
+    mask = torch.ones(b, t, dtype=torch.bool)
+    mask[:, 0] = False
+    return acts, mask
+
+
+def test_detect_by_hand():
+    acts, mask = flat(3, 8)  # median |h| = 0.5 → massive: |h| > 100 and ≥ 500
+    acts[0, 0, 3] = -600.0  # position 0 (excluded by the mask, still checked): massive
+    acts[1, 5, 4] = 400.0  # > 100 but < 1000 × median: not massive
+    acts[1, 6, 6] = 501.0  # massive at a later position
+    acts[2, 2, 7] = 90.0  # below the absolute threshold
+    mask[2, 6:] = False
+    acts[2, 7, 1] = 1e5  # padding: never counted
+    hits = detect_massive(acts, mask)
+    assert hits.median == 0.5
+    assert sorted(hits) == [(0, 0, 3, -600.0), (1, 6, 6, 501.0)]
+    assert [h.dim for h in hits] == hits.dims.tolist()
+    none = detect_massive(*flat(2, 4))
+    assert len(none) == 0 and math.isnan(none.median)
+    # a looser ratio admits the 400
+    assert (1, 5, 4, 400.0) in list(detect_massive(acts, mask, ratio=500.0))
+
+
+def test_analyzer_statistics_by_hand():
+    acts, mask = flat(3, 6)
+    tokens = torch.arange(18).reshape(3, 6) % 5
+    tokens[:, 0] = 1  # BOS id
+    tokens[:, 4] = 2  # a delimiter
+    acts[:, 0, 3] = torch.tensor([1000.0, 1200.0, 800.0])  # input-agnostic-ish at BOS
+    acts[0, 4, 3] = 600.0  # also at a delimiter of window 0 (smaller than its BOS value)
+    acts[2, 4, 9] = -700.0
+    late = {"blocks.5.hook_resid_post": acts, "blocks.2.hook_resid_post": flat(3, 6)[0]}
+    an = MassiveAnalyzer()
+    an.update(make_batch(late, tokens, mask))
+    res = an.compute()
+    assert res.first_layer == 5 and res.first_hook == "blocks.5.hook_resid_post"
+    assert res.hooks["blocks.2.hook_resid_post"].n_hits == 0
+    hook = res.hooks["blocks.5.hook_resid_post"]
+    assert (hook.layer, hook.n_seqs, hook.n_positions, hook.n_hits, hook.n_hit_tokens) == (5, 3, 18, 5, 5)
+    assert hook.median_abs_mean == 0.5
+    d3, d9 = hook.dims
+    assert (d3.dim, d3.n_hits, d3.n_seqs, d3.hits_first_position, d3.hits_later_positions) == (3, 4, 3, 3, 1)
+    assert d3.seq_frac == 1.0 and d3.max_abs == 1200.0
+    assert d3.top_tokens == [(1, 3), (2, 1)]
+    # per window the largest hit: 1000, 1200, 800 → mean 1000, population std √(2·200²/3)
+    assert d3.value_mean == pytest.approx(1000.0)
+    assert d3.value_cv == pytest.approx(math.sqrt(2 * 200**2 / 3) / 1000)
+    assert (d9.dim, d9.n_hits, d9.value_mean, d9.value_cv, d9.seq_frac) == (9, 1, -700.0, 0.0, pytest.approx(1 / 3))
+    rest = (D - 1) * 0.25  # the other coordinates: 15 × 0.5²
+    shares = [v**2 / (v**2 + rest) for v in (1000.0, 1200.0, 800.0, 600.0, 700.0)]
+    assert hook.energy_share_mean == pytest.approx(sum(shares) / 5)
+    assert hook.energy_share_max == pytest.approx(max(shares))
+    assert massive_dims(res) == {"blocks.5.hook_resid_post": [3, 9], "blocks.2.hook_resid_post": []}
+    assert massive_dims(res, min_seq_frac=0.5) == {"blocks.5.hook_resid_post": [3], "blocks.2.hook_resid_post": []}
+    json.dumps(res.to_dict())
+
+
+def test_other_bases_are_ignored():
+    acts, mask = flat(2, 4)
+    acts[:, 0, 1] = 1e4
+    an = MassiveAnalyzer()
+    an.update(make_batch({"blocks.0.hook_resid_post": acts}, torch.zeros(2, 4, dtype=torch.long), mask, basis="sae"))
+    assert an.compute().hooks == {}
+
+
+def test_merge_equals_one_pass():
+    torch.manual_seed(0)
+    batches = []
+    for start in (0, 4, 8):
+        acts = torch.randn(4, 7, D)
+        acts[:, 0, 2] = 2e4 + 100 * torch.randn(4)
+        acts[1, 3, 5] = -3e3
+        mask = torch.ones(4, 7, dtype=torch.bool)
+        mask[:, 0] = False
+        tokens = torch.randint(0, 9, (4, 7))
+        batches.append(make_batch({"blocks.1.hook_mlp_out": acts}, tokens, mask, start))
+    one, left, right = MassiveAnalyzer(), MassiveAnalyzer(), MassiveAnalyzer()
+    for b in batches:
+        one.update(b)
+    left.update(batches[0])
+    right.update(batches[2])
+    right.update(batches[1])
+    merged = left.merge(right).compute().to_dict()
+    single = one.compute().to_dict()
+    assert merged["hooks"].keys() == single["hooks"].keys()
+    got, want = merged["hooks"]["blocks.1.hook_mlp_out"], single["hooks"]["blocks.1.hook_mlp_out"]
+    for key in ("n_seqs", "n_positions", "n_hits", "n_hit_tokens"):
+        assert got[key] == want[key]
+    for key in ("median_abs_mean", "energy_share_mean", "energy_share_max"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9)
+    for a, b in zip(got["dims"], want["dims"], strict=True):
+        assert {k: v for k, v in a.items() if k not in ("value_mean", "value_cv")} == {
+            k: v for k, v in b.items() if k not in ("value_mean", "value_cv")
+        }
+        assert a["value_mean"] == pytest.approx(b["value_mean"], rel=1e-9)
+        assert a["value_cv"] == pytest.approx(b["value_cv"], rel=1e-6)
+    with pytest.raises(ValueError, match="thresholds"):
+        MassiveAnalyzer().merge(MassiveAnalyzer(ratio=10.0))
+
+
+# --------------------------------------------------------------------------- intervention on a tiny model
+@pytest.fixture(scope="module")
+def planted_model():
+    """A tiny random model whose block-0 residual carries a planted massive dim at the first token."""
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=50, n_ctx=32, act_fn="gelu",
+        normalization_type="LN", seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        model.W_U.mul_(5.0)  # sharpen the output distribution so that the loss reacts to the first token
+
+    def plant(act, hook):
+        first = act[:, 0, 0].sign()  # depends on the input: ±1 around 5000
+        act[:, 0, 3] = 5000.0 + first
+        return act
+
+    model.blocks[0].hook_resid_post.add_hook(plant, is_permanent=True)
+    return model
+
+
+def test_scaffold_intervention_on_a_planted_dim(planted_model):
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 50, (6, 16))
+    hook = "blocks.0.hook_resid_post"
+    _, cache = planted_model.run_with_cache(tokens, names_filter=[hook])
+    mask = torch.ones(tokens.shape, dtype=torch.bool)
+    mask[:, 0] = False
+    an = MassiveAnalyzer()
+    an.update(make_batch({hook: cache[hook]}, tokens, mask))
+    res = an.compute()
+    assert massive_dims(res)[hook] == [3]
+    dim = res.hooks[hook].dims[0]
+    assert dim.hits_first_position == 6 and dim.hits_later_positions == 0
+    assert dim.value_cv < 1e-3  # input-agnostic
+
+    out = scaffold_intervention(planted_model, tokens, hook, [3], [0], [dim.value_mean])
+    assert out["n_positions"] == 6
+    assert abs(out["delta_mean"]) < 1e-3 < abs(out["delta_zero"])
+    assert abs(out["delta_zero"]) > 100 * abs(out["delta_mean"])
+    # the same through a [B, T] mask of positions
+    where = torch.zeros(tokens.shape, dtype=torch.bool)
+    where[:, 0] = True
+    again = scaffold_intervention(planted_model, tokens, hook, [3], where, torch.tensor([dim.value_mean]))
+    assert again["nll_zero"] == pytest.approx(out["nll_zero"])
+    assert planted_model.blocks[0].hook_resid_post.fwd_hooks  # the permanent hook survived the runs
+    with pytest.raises(ValueError, match="one mean value per dim"):
+        scaffold_intervention(planted_model, tokens, hook, [3, 4], [0], [1.0])
