@@ -1,0 +1,138 @@
+"""Bases: how a hook's vector is read (DESIGN §2).
+
+:class:`RawBasis` reads the hook's own coordinates (neurons / residual dims).
+:class:`SAEBasis` reads an SAE's latents via sae-lens ``SAE.encode`` for the
+hooks that have an SAE; it also decodes (for fidelity) and splices
+reconstructions into forward passes for the CE-loss score
+(:meth:`SAEBasis.ce_sums`). Reading runs in inference mode on the SAE's device
+and returns float32 on CPU, like :mod:`fer_diag.capture`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+
+from fer_diag.capture import ActivationBatch
+from fer_diag.data.suite import Windows
+
+
+class RawBasis:
+    """The hook's own coordinates: reading is the identity."""
+
+    name = "raw"
+
+    def read(self, batch: ActivationBatch) -> ActivationBatch:
+        return batch
+
+
+@dataclass
+class CESums:
+    """Summed next-token NLL over ``tokens`` counted predictions: clean, SAE-spliced and zero-ablated.
+
+    The CE-loss score is (CE_abl − CE_sae)/(CE_abl − CE_clean) on the means (1 =
+    the reconstruction loses nothing, 0 = as bad as zeroing the hook).
+    """
+
+    clean: float = 0.0
+    sae: float = 0.0
+    ablated: float = 0.0
+    tokens: int = 0
+
+    def __iadd__(self, other: CESums) -> CESums:
+        self.clean += other.clean
+        self.sae += other.sae
+        self.ablated += other.ablated
+        self.tokens += other.tokens
+        return self
+
+    def score(self) -> float | None:
+        """(CE_abl − CE_sae)/(CE_abl − CE_clean), or None when undefined (no tokens, or ablation costs nothing)."""
+        denom = self.ablated - self.clean
+        return None if self.tokens == 0 or denom == 0 else (self.ablated - self.sae) / denom
+
+
+class SAEBasis:
+    """SAE latents of the hooks in ``saes`` (``{hook: sae-lens SAE}``, see :func:`fer_diag.sae.loading.match_saes`)."""
+
+    def __init__(self, saes: dict[str, SAE], name: str = "sae") -> None:
+        self.saes = saes
+        self.name = name
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.saes)
+
+    @torch.inference_mode()
+    def encode(self, hook: str, x: torch.Tensor) -> torch.Tensor:
+        """Latents ``[..., d_sae]`` of the hook's activations ``x`` (float32, CPU)."""
+        sae = self.saes[hook]
+        return sae.encode(x.to(sae.device, sae.dtype)).to("cpu", torch.float32)
+
+    @torch.inference_mode()
+    def decode(self, hook: str, latents: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of the hook's activations from ``latents`` (float32, CPU)."""
+        sae = self.saes[hook]
+        return sae.decode(latents.to(sae.device, sae.dtype)).to("cpu", torch.float32)
+
+    def read(self, batch: ActivationBatch) -> ActivationBatch:
+        """The batch in this basis: latents for each hook of the batch that has an SAE (others are left out)."""
+        return batch.with_acts({h: self.encode(h, a) for h, a in batch.acts.items() if h in self.saes}, self.name)
+
+    @torch.inference_mode()
+    def ce_sums(self, model, windows: Windows, max_windows: int, batch_size: int = 8) -> dict[str, CESums]:
+        """CE-loss sums per hook over the first ``max_windows`` windows (whole model, 1 + 2 × hooks passes a batch).
+
+        The reconstruction (and the zero-ablation) replaces the hook's vector at the
+        counted positions only: position 0 / BOS keeps its own vector, as in every
+        other statistic here (the SAEs are not trained on it, and it carries the
+        massive activations). NLL is summed over predictions of counted tokens.
+        """
+        device = next(model.parameters()).device
+        out = {h: CESums() for h in self.saes}
+        n = min(max_windows, len(windows))
+        for lo in range(0, n, batch_size):
+            tokens = windows.tokens[lo : min(lo + batch_size, n)]
+            mask = windows.mask[lo : min(lo + batch_size, n)]
+            count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
+            clean = self._nll(model(tokens.to(device)), tokens, count)
+            for hook, sae in self.saes.items():
+                m = mask.to(device)
+                spliced = self._nll(
+                    model.run_with_hooks(
+                        tokens.to(device), fwd_hooks=[(hook, _splice(m, lambda a, s=sae: _recon(s, a)))]
+                    ),
+                    tokens,
+                    count,
+                )
+                ablated = self._nll(
+                    model.run_with_hooks(tokens.to(device), fwd_hooks=[(hook, _splice(m, torch.zeros_like))]),
+                    tokens,
+                    count,
+                )
+                out[hook] += CESums(clean, spliced, ablated, int(count.sum()))
+        return out
+
+    @staticmethod
+    def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> float:
+        """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1)."""
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        nll = -logp.gather(-1, tokens[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
+        return float(nll[count.to(nll.device)].double().sum())
+
+
+def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
+    return sae.decode(sae.encode(acts.to(sae.dtype))).to(acts.dtype)
+
+
+def _splice(mask: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """A forward hook replacing the activation at ``mask`` positions by ``fn(activation)``."""
+
+    def hook(acts: torch.Tensor, hook=None) -> torch.Tensor:
+        m = mask.view(*mask.shape, *([1] * (acts.ndim - 2)))
+        return torch.where(m, fn(acts), acts)
+
+    return hook

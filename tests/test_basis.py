@@ -1,0 +1,117 @@
+"""Raw and SAE bases: reading, decoding, and the spliced CE-loss sums."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from fer_diag.basis import CESums, RawBasis, SAEBasis
+from fer_diag.capture import Capture
+from fer_diag.data.suite import SetKind, TextSet, Windows
+
+HOOK0 = "blocks.0.hook_resid_post"
+HOOK1 = "blocks.1.hook_resid_post"
+
+
+def make_sae(d_in: int, hook: str, d_sae: int = 48, cfg_cls=StandardSAEConfig, seed: int = 0, **kw) -> SAE:
+    torch.manual_seed(seed)
+    sae = SAE.from_dict(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook), **kw).to_dict())
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+    return sae.eval()
+
+
+def exact_sae(d_in: int, hook: str) -> SAE:
+    """x̂ = relu(x) − relu(−x) = x: a perfect reconstruction."""
+    sae = make_sae(d_in, hook, d_sae=2 * d_in)
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def zero_sae(d_in: int, hook: str) -> SAE:
+    """x̂ = 0: as bad as zero-ablation."""
+    sae = make_sae(d_in, hook)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def windows(n: int, seq: int, vocab: int, seed: int = 0) -> Windows:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.bool)
+    mask[:, 0] = False
+    return Windows("w", tokens, mask, torch.arange(n))
+
+
+@pytest.fixture
+def model(tiny_hooked):
+    return tiny_hooked.model
+
+
+@pytest.fixture
+def batch(model):
+    w = windows(3, 12, model.cfg.d_vocab)
+    return next(Capture(model, [HOOK0, HOOK1], batch_size=3).batches(w, TextSet("w", SetKind.IN_DISTRIBUTION)))
+
+
+def test_raw_basis_is_identity(batch):
+    assert RawBasis().read(batch) is batch
+    assert RawBasis.name == "raw"
+
+
+@pytest.mark.parametrize("cfg_cls, kw", [(StandardSAEConfig, {}), (TopKSAEConfig, {"k": 5})])
+def test_sae_basis_reads_latents_like_sae_lens(batch, model, cfg_cls, kw):
+    d = model.cfg.d_model
+    sae = make_sae(d, HOOK1, cfg_cls=cfg_cls, **kw)
+    basis = SAEBasis({HOOK1: sae})
+    latents = basis.read(batch)
+    assert latents.basis == "sae" and latents.hooks == [HOOK1]  # the hook without an SAE is left out
+    assert latents.acts[HOOK1].shape == (*batch.acts[HOOK1].shape[:2], 48)
+    with torch.no_grad():
+        expected = sae.encode(batch.acts[HOOK1])
+        torch.testing.assert_close(latents.acts[HOOK1], expected)
+        torch.testing.assert_close(basis.decode(HOOK1, latents.acts[HOOK1]), sae.decode(expected))
+    assert latents.mask is batch.mask and latents.set_name == batch.set_name
+
+
+def test_ce_sums_known_answers(model):
+    d = model.cfg.d_model
+    w = windows(5, 10, model.cfg.d_vocab, seed=1)
+    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w, 4, batch_size=3)
+    exact, zero = sums[HOOK0], sums[HOOK1]
+    assert exact.tokens == zero.tokens == 4 * 9
+    with torch.no_grad():
+        loss = model(w.tokens[:4], return_type="loss")  # mean NLL of every prediction = the counted ones here
+    assert exact.clean / exact.tokens == pytest.approx(float(loss), rel=1e-5)
+    assert exact.score() == pytest.approx(1.0, abs=1e-4)  # perfect reconstruction
+    assert zero.sae == pytest.approx(zero.ablated, rel=1e-6)  # reconstruction 0 == zero-ablation
+    assert zero.score() == pytest.approx(0.0, abs=1e-6)
+    assert zero.ablated != pytest.approx(zero.clean)  # the splice changed the forward pass
+
+
+def test_ce_splice_leaves_position_zero_alone(model):
+    d = model.cfg.d_model
+    w = windows(3, 2, model.cfg.d_vocab, seed=2)  # BOS-like position 0 + one counted token
+    sums = SAEBasis({HOOK0: zero_sae(d, HOOK0)}).ce_sums(model, w, 3)[HOOK0]
+    # token 1 is predicted from position 0 alone, which is never replaced: all three CEs agree
+    assert sums.tokens == 3
+    assert sums.sae == pytest.approx(sums.clean, rel=1e-6)
+    assert sums.ablated == pytest.approx(sums.clean, rel=1e-6)
+    assert sums.score() is None
+
+
+def test_cesums_add_and_undefined_score():
+    s = CESums(1.0, 2.0, 3.0, 4)
+    s += CESums(1.0, 1.0, 1.0, 1)
+    assert (s.clean, s.sae, s.ablated, s.tokens) == (2.0, 3.0, 4.0, 5)
+    assert s.score() == pytest.approx((4 - 3) / (4 - 2))
+    assert CESums(1.0, 1.0, 1.0, 3).score() is None

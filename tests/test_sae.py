@@ -1,0 +1,346 @@
+"""SAE loading and hook matching, fidelity, shifted latents, offline training, shipped default SAEs."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from sae_lens import (
+    SAE,
+    BatchTopKTrainingSAEConfig,
+    GatedSAEConfig,
+    JumpReLUSAEConfig,
+    StandardSAEConfig,
+    TopKSAEConfig,
+)
+from sae_lens.saes.sae import SAEMetadata
+
+from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
+from fer_diag.analyzers.shifted_latents import ShiftedLatentsAnalyzer
+from fer_diag.basis import CESums, SAEBasis
+from fer_diag.capture import ActivationBatch, Capture
+from fer_diag.data.suite import SetKind, TextSet, Windows
+from fer_diag.sae import loading
+from fer_diag.sae.loading import SAELoadError, SAEMatchError, default_saes, load_sae, match_saes
+from fer_diag.sae.training import CARD_FILENAME, train_sae
+
+HOOK0 = "blocks.0.hook_resid_post"
+HOOK1 = "blocks.1.hook_resid_post"
+
+
+def make_sae(d_in: int, hook: str | None, d_sae: int = 48, cfg_cls=StandardSAEConfig, seed: int = 0, **kw) -> SAE:
+    torch.manual_seed(seed)
+    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook), **kw)
+    sae = SAE.from_dict(cfg.to_dict())
+    with torch.no_grad():
+        (sae.b_enc if sae.b_enc is not None else sae.b_gate).normal_(0, 0.1)
+    return sae.eval()
+
+
+def windows(n: int, seq: int, vocab: int, seed: int = 0, name: str = "w") -> Windows:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(4, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.bool)
+    mask[:, 0] = False
+    mask[-1, seq // 2 :] = False  # some padding
+    return Windows(name, tokens, mask, torch.arange(n))
+
+
+def capture_batches(model, text_set: TextSet, n: int = 6, batch_size: int = 3, seed: int = 0) -> list[ActivationBatch]:
+    w = windows(n, 10, model.cfg.d_vocab, seed=seed, name=text_set.name)
+    return list(Capture(model, [HOOK0, HOOK1], batch_size=batch_size).batches(w, text_set))
+
+
+@pytest.fixture
+def model(tiny_hooked):
+    return tiny_hooked.model
+
+
+@pytest.fixture
+def bridge(tiny_bridge):
+    return tiny_bridge.model
+
+
+ID = TextSet("id", SetKind.IN_DISTRIBUTION)
+OOD = TextSet("ood", SetKind.SHIFTED)
+
+
+# ------------------------------------------------------------------ loading
+ARCHITECTURES = [
+    (StandardSAEConfig, {}),
+    (TopKSAEConfig, {"k": 4}),
+    (JumpReLUSAEConfig, {}),
+    (GatedSAEConfig, {}),
+]
+
+
+@pytest.mark.parametrize("cfg_cls, kw", ARCHITECTURES)
+def test_disk_round_trip_any_architecture(tmp_path, model, cfg_cls, kw):
+    d = model.cfg.d_model
+    sae = make_sae(d, HOOK1, cfg_cls=cfg_cls, **kw)
+    sae.save_model(tmp_path / "sae")
+    matched = match_saes(str(tmp_path / "sae"), model, [HOOK0, HOOK1])
+    assert list(matched) == [HOOK1]
+    loaded = matched[HOOK1]
+    assert type(loaded) is type(sae)
+    x = torch.randn(5, d)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), sae.encode(x))
+
+
+def test_objects_lists_and_dicts(model):
+    d = model.cfg.d_model
+    a, b = make_sae(d, HOOK0), make_sae(d, HOOK1, seed=1)
+    assert match_saes([a, b], model, [HOOK0, HOOK1]) == {HOOK0: a, HOOK1: b}
+    unnamed = make_sae(d, None)
+    assert match_saes({HOOK1: unnamed}, model, [HOOK1]) == {HOOK1: unnamed}  # the key names the hook
+    assert match_saes(a, model, [HOOK0]) == {HOOK0: a}
+
+
+def test_bridge_alias_matches_same_hook_point(bridge):
+    d = bridge.cfg.d_model
+    sae = make_sae(d, HOOK1)  # TransformerLens name; the bridge's own name for that point is blocks.1.hook_out
+    assert match_saes(sae, bridge, ["blocks.1.hook_out"]) == {"blocks.1.hook_out": sae}
+    other = make_sae(d, "blocks.0.hook_out")
+    assert match_saes(other, bridge, [HOOK0]) == {HOOK0: other}
+
+
+def test_width_mismatch_names_both_numbers(model):
+    d = model.cfg.d_model
+    with pytest.raises(SAEMatchError, match=rf"d_in={d + 3}.*width is {d}"):
+        match_saes(make_sae(d + 3, HOOK0), model, [HOOK0])
+
+
+def test_sae_for_hook_not_captured(model):
+    with pytest.raises(SAEMatchError, match=r"not captured.*--hook blocks\.1\.hook_resid_post"):
+        match_saes(make_sae(model.cfg.d_model, HOOK1), model, [HOOK0])
+
+
+def test_sae_for_hook_the_model_lacks(model):
+    with pytest.raises(SAEMatchError, match=r"does not have.*Close matches: blocks\.1\.hook_resid_post"):
+        match_saes(make_sae(model.cfg.d_model, "blocks.1.hook_resid_pots"), model, [HOOK1])
+
+
+def test_sae_without_hook_name_and_duplicates(model):
+    d = model.cfg.d_model
+    with pytest.raises(SAEMatchError, match=r"no cfg\.metadata\.hook_name.*\{hook_name: sae\}"):
+        match_saes(make_sae(d, None), model, [HOOK0])
+    with pytest.raises(SAEMatchError, match="two SAEs"):
+        match_saes([make_sae(d, HOOK0), make_sae(d, HOOK0, seed=1)], model, [HOOK0])
+
+
+def test_sae_in_other_dtype_is_moved_and_said(model):
+    sae = make_sae(model.cfg.d_model, HOOK0).to(dtype=torch.float16)
+    with pytest.warns(UserWarning, match=r"moved to the model's device cpu in float32"):
+        out = match_saes(sae, model, [HOOK0])
+    assert out[HOOK0].dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        match_saes(out[HOOK0], model, [HOOK0])  # already in place: no warning
+
+
+def test_folder_not_in_sae_lens_format(tmp_path):
+    (tmp_path / "cfg.json").write_text("{}")
+    with pytest.raises(SAELoadError, match=r"not in sae-lens format: missing sae_weights\.safetensors.*save_model"):
+        load_sae(tmp_path)
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"")
+    with pytest.raises(SAELoadError, match="cannot read them"):
+        load_sae(tmp_path)
+
+
+def test_unknown_string(tmp_path):
+    with pytest.raises(SAELoadError, match="neither an existing folder nor a sae-lens registry"):
+        load_sae(str(tmp_path / "nope"))
+
+
+def test_registry_release_offline(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(SAELoadError, match=r"hub is unreachable.*save_model\(folder\).*pass that folder"):
+        load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
+    with pytest.raises(SAELoadError, match="unreachable"):
+        load_sae(("gpt2-small-res-jb", "blocks.8.hook_resid_pre"))
+
+
+def test_default_saes_unknown_model_is_empty():
+    assert default_saes("no-such-model") == {}
+
+
+# ----------------------------------------------------------------- fidelity
+@pytest.mark.parametrize("cfg_cls, kw", [(StandardSAEConfig, {}), (TopKSAEConfig, {"k": 6})])
+def test_fidelity_equals_direct_sae_lens_computation(model, cfg_cls, kw):
+    sae = make_sae(model.cfg.d_model, HOOK1, cfg_cls=cfg_cls, **kw)
+    (batch,) = capture_batches(model, ID, n=4, batch_size=4)
+    fid = SAEFidelityAnalyzer({HOOK1: sae})
+    fid.update(batch)
+    got = fid.compute()["hooks"][HOOK1]["sets"]["id"]
+    x = batch.acts[HOOK1][batch.mask]
+    with torch.no_grad():
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+    ev = 1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert got["tokens"] == len(x)
+    assert got["l0"] == pytest.approx(float((f > 0).float().sum(-1).mean()))
+    assert got["explained_variance"] == pytest.approx(float(ev), abs=1e-5)
+    assert got["cosine"] == pytest.approx(float(torch.cosine_similarity(x, x_hat, dim=-1).mean()), abs=1e-5)
+    assert got["relative_mse"] == pytest.approx(float((x - x_hat).pow(2).sum() / x.pow(2).sum()), abs=1e-5)
+    assert got["kind"] == "in_distribution" and got["ev_drop"] == pytest.approx(0.0)
+    if cfg_cls is TopKSAEConfig:
+        assert got["l0"] == pytest.approx(6.0)
+
+
+def test_fidelity_merge_of_shards_equals_one_pass(model):
+    saes = {HOOK0: make_sae(model.cfg.d_model, HOOK0), HOOK1: make_sae(model.cfg.d_model, HOOK1, seed=1)}
+    batches = capture_batches(model, ID) + capture_batches(model, OOD, seed=5)
+    one, a, b = (SAEFidelityAnalyzer(saes) for _ in range(3))
+    basis = SAEBasis(saes)
+    for i, batch in enumerate(batches):
+        one.update(batch, basis.read(batch))
+        (a if i % 2 else b).update(batch)
+    ce = {HOOK0: CESums(10.0, 12.0, 20.0, 5), HOOK1: CESums(10.0, 11.0, 30.0, 5)}
+    one.update_ce("ood", ce)
+    a.update_ce("ood", ce)
+    merged = a.merge(b).compute()
+    want = one.compute()
+    for hook in saes:
+        for s in ("id", "ood"):
+            for key, value in want["hooks"][hook]["sets"][s].items():
+                got = merged["hooks"][hook]["sets"][s][key]
+                assert got == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), (hook, s, key)
+    ood = want["hooks"][HOOK1]["sets"]["ood"]
+    assert ood["ce_score"] == pytest.approx((30 - 11) / (30 - 10))
+    assert ood["ev_drop"] == pytest.approx(want["hooks"][HOOK1]["reference_ev"] - ood["explained_variance"])
+    with pytest.raises(TypeError):
+        one.merge(ShiftedLatentsAnalyzer())
+
+
+def test_fidelity_rejects_latent_batches(model):
+    sae = make_sae(model.cfg.d_model, HOOK1)
+    (batch,) = capture_batches(model, ID, n=3, batch_size=3)
+    with pytest.raises(ValueError, match="raw batch"):
+        SAEFidelityAnalyzer({HOOK1: sae}).update(SAEBasis({HOOK1: sae}).read(batch))
+
+
+# ------------------------------------------------------------ shifted latents
+def latent_batch(set_: TextSet, fires: dict[int, float], n: int = 4, seq: int = 10, d_sae: int = 12, seed: int = 0):
+    """An SAE-basis batch where latent j fires (value 1 + noise) on a ``fires[j]`` share of the counted tokens."""
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.zeros(n, seq, d_sae)
+    for j, share in fires.items():
+        on = torch.rand(n, seq, generator=g) < share
+        acts[..., j] = torch.where(on, 1 + torch.rand(n, seq, generator=g), 0.0)
+    w = windows(n, seq, 60, seed=seed, name=set_.name)
+    return ActivationBatch(
+        set_name=set_.name,
+        kind=set_.kind,
+        level=None,
+        tokens=w.tokens,
+        mask=w.mask,
+        seq_index=torch.arange(seed * n, seed * n + n),
+        acts={HOOK1: acts},
+        basis="sae",
+    )
+
+
+PLANT = {0: 0.5, 3: 0.05, 5: 0.9, 7: 0.3}
+SHIFT = {0: 0.5, 3: 0.95, 5: 0.1, 7: 0.3}
+
+
+def test_shifted_latents_finds_planted_latents(tiny_tokenizer):
+    an = ShiftedLatentsAnalyzer(n_contexts=3, context=2, top_latents=2)
+    for seed in range(3):
+        an.update(latent_batch(ID, PLANT, seed=seed))
+        an.update(latent_batch(OOD, SHIFT, seed=10 + seed))
+    out = an.compute(tokenizer=tiny_tokenizer)
+    assert out["reference_sets"] == ["id"]
+    ood = out["hooks"][HOOK1]["ood"]
+    assert ood["gained"][0]["latent"] == 3 and ood["gained"][0]["change"] > 0.7
+    assert ood["lost"][0]["latent"] == 5 and ood["lost"][0]["change"] < -0.6
+    assert all(e["latent"] not in (1, 2) for e in ood["gained"] + ood["lost"])  # never-firing latents are not listed
+    ctx = ood["lost"][0]["contexts"]
+    assert len(ctx) == 3 and all(c["set"] == "id" for c in ctx)
+    assert [c["activation"] for c in ctx] == sorted((c["activation"] for c in ctx), reverse=True)
+    top = ctx[0]
+    assert top["token_ids"][2] != -1 and "⟦" in top["text"]
+    # the stored context is the real one: the token at (window, position) of the batch it came from
+    src = latent_batch(ID, PLANT, seed=top["seq_index"] // 4)
+    assert top["token_ids"][2] == int(src.tokens[top["seq_index"] % 4, top["position"]])
+    assert float(src.acts[HOOK1][top["seq_index"] % 4, top["position"], 5]) == pytest.approx(top["activation"])
+    json.dumps(out)
+
+
+def test_shifted_latents_merge_equals_one_pass():
+    one = ShiftedLatentsAnalyzer(n_contexts=3, context=2)
+    a, b = ShiftedLatentsAnalyzer(n_contexts=3, context=2), ShiftedLatentsAnalyzer(n_contexts=3, context=2)
+    b.update(latent_batch(OOD, SHIFT, seed=9))  # b sees the sets in another order: set ids must be remapped
+    one.update(latent_batch(OOD, SHIFT, seed=9))
+    for seed in range(4):
+        batch = latent_batch(TextSet(f"id{seed % 2}", SetKind.IN_DISTRIBUTION), PLANT, seed=seed)
+        one.update(batch)
+        (a if seed < 2 else b).update(batch)
+    assert a.merge(b).compute() == one.compute()
+
+
+def test_shifted_latents_rejects_raw_batches(model):
+    (batch,) = capture_batches(model, ID, n=3, batch_size=3)
+    with pytest.raises(ValueError, match="SAE latents"):
+        ShiftedLatentsAnalyzer().update(batch)
+
+
+# ------------------------------------------------------------------ training
+def test_tiny_train_sae_gives_loadable_folder_with_card(tmp_path, tiny_hooked, tiny_tokenizer):
+    words = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "reads", "familiar", "text"]
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[i] for i in torch.randint(len(words), (30,), generator=g)) for _ in range(40)]
+    sae, card = train_sae(
+        tiny_hooked, HOOK1, texts, d_sae=16, k=4, cache_tokens=600, seq_len=16, batch_size=64, training_tokens=640,
+        lr_warm_up_steps=1, dead_feature_window=5, seed=0, out_dir=tmp_path / "sae", progress=False,
+    )  # fmt: skip
+    assert (tmp_path / "sae" / CARD_FILENAME).is_file()
+    saved = json.loads((tmp_path / "sae" / CARD_FILENAME).read_text())
+    assert saved["hook"] == HOOK1 and saved["tokens_seen"] == 640 and saved["config"]["seed"] == 0
+    assert set(saved["heldout"]) == {"explained_variance", "l0", "dead_fraction", "tokens"}
+    assert saved["heldout"]["l0"] <= 4
+    with pytest.warns(UserWarning, match="float16"):  # saved in float16, upcast when matched
+        loaded = match_saes(tmp_path / "sae", tiny_hooked.model, [HOOK1])[HOOK1]
+    assert loaded.cfg.architecture() == "topk" and loaded.cfg.d_sae == 16
+    x = torch.randn(3, tiny_hooked.d_model)
+    with torch.no_grad():  # the same SAE up to fp16 rounding
+        torch.testing.assert_close(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)), atol=2e-2, rtol=2e-2)
+    assert card == saved
+
+
+def test_training_other_architecture_and_too_little_text(tiny_hooked, tiny_tokenizer):
+    texts = ["The quick brown fox jumps over the lazy dog."] * 30
+    sae, card = train_sae(
+        tiny_hooked, HOOK0, texts, architecture="standard", d_sae=16, cache_tokens=300, seq_len=16, batch_size=32,
+        training_tokens=64, progress=False,
+    )  # fmt: skip
+    assert sae.cfg.architecture() == "standard" and card["tokens_seen"] == 64
+    with pytest.raises(ValueError, match="too little to train"):
+        train_sae(tiny_hooked, HOOK0, ["the cat"], progress=False)
+    assert BatchTopKTrainingSAEConfig.architecture() == "batchtopk"  # trainable through the same registry
+
+
+# --------------------------------------------------------------- integration
+@pytest.mark.integration
+def test_shipped_default_saes_on_smollm2(smollm2):
+    from fer_diag.data.sources import english_fortunes
+    from fer_diag.data.suite import tokenize_windows
+
+    lm = smollm2
+    saes = default_saes("smollm2-135m")
+    assert len(saes) >= 3
+    hooks = list(saes)
+    assert match_saes(list(saes.values()), lm.model, hooks).keys() == saes.keys()
+    texts = TextSet("id", SetKind.IN_DISTRIBUTION, english_fortunes(max_texts=8, split="heldout"))
+    w = tokenize_windows(texts, lm.tokenizer, seq_len=128, bos_token_id=lm.bos_token_id)
+    fid = SAEFidelityAnalyzer(saes)
+    for batch in Capture(lm.model, hooks, batch_size=4).batches(w, texts):
+        fid.update(batch)
+    for hook, row in fid.compute()["hooks"].items():
+        got = row["sets"]["id"]
+        assert got["explained_variance"] >= 0.8, hook
+        assert got["l0"] <= 64, hook
