@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fer_diag.analyzers.familiarity import FamiliarityAnalyzer
-from fer_diag.analyzers.massive import MassiveAnalyzer, detect_massive
+from fer_diag.analyzers.massive import MassiveAnalyzer, massive_dims
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
-from fer_diag.capture import Capture, resolve_hooks
+from fer_diag.capture import Capture, hook_layer, resolve_hooks
 from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
 from fer_diag.models import LoadedModel, load_model
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
@@ -35,9 +35,11 @@ PARTIAL = ".partial"
 class AuditConfig(BaseModel):
     """Settings of an audit; printed in the report."""
 
-    hooks: list[str] = Field(default_factory=lambda: ["blocks.*.hook_resid_post"])
+    hooks: list[str] | None = Field(
+        None, description="TL hook names / wildcards; default: resid_post of every 3rd layer, the last, and SAE hooks"
+    )
     seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
-    max_seqs: int = Field(96, ge=2, description="windows per text set")
+    max_seqs: int = Field(64, ge=2, description="windows per text set")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
@@ -46,10 +48,16 @@ class AuditConfig(BaseModel):
     random_init_control: bool = Field(True, description="also measure a randomly initialised copy of the model")
     control_sets: int = Field(4, ge=1, description="text sets measured in the random-init control, ID first")
     default_saes: bool = Field(True, description="use the shipped SAEs of zoo models when no SAE is given")
-    ce_windows: int = Field(16, ge=0, description="windows per set for the SAE CE-loss score (spliced forward)")
+    ce_windows: int = Field(8, ge=0, description="windows per set for the SAE CE-loss score (spliced forward)")
     n_boot: int = Field(500, ge=0, description="bootstrap resamples for confidence intervals")
     massive_abs: float = Field(100.0, description="massive activation: |h| above this (Sun et al. 2024)")
     massive_ratio: float = Field(1000.0, description="… and at least this × the layer's median |h|")
+
+
+def default_hooks(n_layers: int, every: int = 3) -> list[str]:
+    """``blocks.L.hook_resid_post`` for every ``every``-th layer and the last one."""
+    layers = sorted({*range(0, n_layers, every), n_layers - 1})
+    return [f"blocks.{layer}.hook_resid_post" for layer in layers]
 
 
 class Audit:
@@ -141,13 +149,15 @@ class Audit:
         return h.hexdigest()[:16]
 
     def _calibrate_massive(self, capture: Capture, windows: Windows, suite: Suite) -> dict[str, list[int]]:
-        """Massive dims per hook from the first in-distribution batch; they are masked in the sparsity metrics."""
-        batch = next(capture.batches(windows, suite.reference))
+        """Massive dims per hook from the first in-distribution batch; they are masked in the sparsity metrics.
+
+        Masking needs the dims before the main pass; the full-run MassiveAnalyzer reports every
+        dim it finds, and the report lists the calibrated (masked) dims next to them.
+        """
         c = self.config
-        return {
-            h: sorted({hit.dim for hit in detect_massive(batch, h, abs_threshold=c.massive_abs, ratio=c.massive_ratio)})
-            for h in capture.hooks
-        }
+        probe = MassiveAnalyzer(abs_threshold=c.massive_abs, ratio=c.massive_ratio)
+        probe.update(next(capture.batches(windows, suite.reference)))
+        return massive_dims(probe.compute())
 
     # --------------------------------------------------------------------- run
     def run(self) -> Report:
@@ -155,8 +165,10 @@ class Audit:
         t0 = time.perf_counter()
         torch.manual_seed(c.seed)
         loaded = self._load()
-        hooks = resolve_hooks(loaded.model, c.hooks)
+        hooks = resolve_hooks(loaded.model, c.hooks or default_hooks(loaded.n_layers))
         saes = self._match_saes(loaded, hooks)
+        if c.hooks is None:  # default hooks: add the hooks the default SAEs read
+            hooks = sorted(set(hooks) | set(saes), key=hook_layer)
         suite = self._build_suite(loaded)
         windows = self._windows(loaded, suite)
         self.seconds["setup"] = time.perf_counter() - t0
@@ -195,6 +207,8 @@ class Audit:
             if not (self.config.default_saes and loaded.spec is not None):
                 return {}
             found = default_saes(loaded.name)
+            if self.config.hooks is None:  # default hooks follow the default SAEs
+                return found
             return {h: s for h, s in found.items() if h in hooks}
         return match_saes(self.saes_arg, loaded.model, hooks)
 
@@ -202,7 +216,7 @@ class Audit:
         analyzers: dict[str, Any] = {
             "sparsity": SparsityAnalyzer(massive_dims=massive_dims, max_seqs_per_set=self.config.max_seqs),
             "massive": MassiveAnalyzer(abs_threshold=self.config.massive_abs, ratio=self.config.massive_ratio),
-            "familiarity": FamiliarityAnalyzer(),
+            "familiarity": FamiliarityAnalyzer(max_seqs_per_set=self.config.max_seqs),
         }
         if saes:
             from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
@@ -242,11 +256,12 @@ class Audit:
                         latents = basis.read(batch)
                         analyzers["sparsity"].update(latents)
                         analyzers["shifted_latents"].update(latents)
-                        analyzers["sae_fidelity"].update(batch, basis)
+                        analyzers["sae_fidelity"].update(batch, latents)
                     if bar:
                         bar.advance(sub, len(batch.seq_index))
                 if basis is not None and self.config.ce_windows:
-                    analyzers["sae_fidelity"].update_ce(capture.model, w, text_set, self.config.ce_windows)
+                    sums = basis.ce_sums(capture.model, w, self.config.ce_windows, self.config.batch_size)
+                    analyzers["sae_fidelity"].update_ce(text_set.name, sums)
                 done.add(text_set.name)
                 self._save_partial(fingerprint, analyzers, done)
                 if bar:
@@ -286,7 +301,10 @@ class Audit:
     def _control(self, loaded, hooks, suite, windows, massive_dims) -> dict:
         """The same sparsity measurement on a randomly initialised copy (same architecture and tokenizer)."""
         c = self.config
-        rand = load_model(loaded, random_init=True, seed=c.seed)
+        source = loaded.name if loaded.spec is not None else loaded.model
+        rand = load_model(
+            source, tokenizer=loaded.tokenizer, bridge=self.bridge, random_init=True, seed=c.seed, device=c.device
+        )
         capture = Capture(rand.model, hooks, batch_size=c.batch_size, need_logits=False)
         sets = [suite.reference, *[s for s in suite if s.kind is not SetKind.IN_DISTRIBUTION][: c.control_sets - 1]]
         sparsity = SparsityAnalyzer(massive_dims={}, max_seqs_per_set=c.max_seqs)
