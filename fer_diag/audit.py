@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fer_diag.analyzers.familiarity import FamiliarityAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer, massive_dims
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
-from fer_diag.capture import Capture, hook_layer, resolve_hooks
+from fer_diag.capture import ActivationBatch, Capture, hook_layer, resolve_hooks
 from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
 from fer_diag.models import LoadedModel, load_model
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
@@ -148,15 +149,16 @@ class Audit:
             h.update(w.tokens.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def _calibrate_massive(self, capture: Capture, windows: Windows, suite: Suite) -> dict[str, list[int]]:
+    def _calibrate_massive(self, first: ActivationBatch) -> dict[str, list[int]]:
         """Massive dims per hook from the first in-distribution batch; they are masked in the sparsity metrics.
 
         Masking needs the dims before the main pass; the full-run MassiveAnalyzer reports every
-        dim it finds, and the report lists the calibrated (masked) dims next to them.
+        dim it finds, and the report lists the calibrated (masked) dims next to them. The batch
+        is then analysed like any other (no second forward pass).
         """
         c = self.config
         probe = MassiveAnalyzer(abs_threshold=c.massive_abs, ratio=c.massive_ratio)
-        probe.update(next(capture.batches(windows, suite.reference)))
+        probe.update(first)
         return massive_dims(probe.compute())
 
     # --------------------------------------------------------------------- run
@@ -174,14 +176,15 @@ class Audit:
         self.seconds["setup"] = time.perf_counter() - t0
 
         capture = Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=c.need_logits)
-        massive_dims = self._calibrate_massive(capture, windows[suite.reference.name], suite)
+        first = next(capture.batches(windows[suite.reference.name], suite.reference))
+        massive_dims = self._calibrate_massive(first)
         analyzers = self._analyzers(hooks, massive_dims, saes)
         fingerprint = self._fingerprint(loaded, hooks, windows, saes)
         done = self._load_partial(fingerprint, analyzers)
         resumed = list(done)
 
         t1 = time.perf_counter()
-        self._run_sets(capture, suite, windows, analyzers, saes, done, fingerprint)
+        self._run_sets(capture, suite, windows, analyzers, saes, done, fingerprint, first)
         self.seconds["analysis"] = time.perf_counter() - t1
 
         control = {}
@@ -237,7 +240,10 @@ class Audit:
             transient=False,
         )
 
-    def _run_sets(self, capture, suite, windows, analyzers, saes, done: set[str], fingerprint: str) -> None:
+    def _run_sets(
+        self, capture, suite, windows, analyzers, saes, done: set[str], fingerprint: str, first: ActivationBatch
+    ) -> None:
+        """Stream every unfinished set through the analyzers; ``first`` is the reference set's first batch."""
         from fer_diag.basis import SAEBasis
 
         basis = SAEBasis(saes) if saes else None
@@ -249,7 +255,10 @@ class Audit:
             for text_set in todo:
                 w = windows[text_set.name]
                 sub = bar.add_task(f"  {text_set.name}", total=len(w)) if bar else None
-                for batch in capture.batches(w, text_set):
+                batches = capture.batches(w, text_set)
+                if text_set.name == suite.reference.name:
+                    batches = chain([first], capture.batches(w, text_set, start=len(first.seq_index)))
+                for batch in batches:
                     for name in ("sparsity", "massive", "familiarity"):
                         analyzers[name].update(batch)
                     if basis is not None:
@@ -260,8 +269,10 @@ class Audit:
                     if bar:
                         bar.advance(sub, len(batch.seq_index))
                 if basis is not None and self.config.ce_windows:
+                    t = time.perf_counter()
                     sums = basis.ce_sums(capture.model, w, self.config.ce_windows, self.config.batch_size)
                     analyzers["sae_fidelity"].update_ce(text_set.name, sums)
+                    self.seconds["sae_ce_splice"] = self.seconds.get("sae_ce_splice", 0.0) + time.perf_counter() - t
                 done.add(text_set.name)
                 self._save_partial(fingerprint, analyzers, done)
                 if bar:

@@ -162,5 +162,108 @@ def data(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     Console().print(table)
 
 
+@app.command("train-sae")
+def train_sae(
+    hook: Annotated[list[str], typer.Option("--hook", "-H", help="TL hook name; repeatable (one forward feeds all)")],
+    model: Annotated[str, typer.Option(help="zoo name")] = "smollm2-135m",
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder; one sae-lens folder per hook inside")] = Path(
+        "fer-diag-saes"
+    ),
+    text: Annotated[
+        list[Path] | None, typer.Option(help="training text file(s); default: the English-fortune training split")
+    ] = None,
+    architecture: Annotated[str, typer.Option(help="sae-lens architecture: topk, batchtopk, standard, jumprelu")] = (
+        "topk"
+    ),
+    d_sae: Annotated[int, typer.Option()] = 2304,
+    k: Annotated[int, typer.Option(help="active latents (topk / batchtopk)")] = 32,
+    training_tokens: Annotated[int, typer.Option()] = 2_000_000,
+    cache_tokens: Annotated[int, typer.Option(help="activations captured once, then trained on for several epochs")] = (
+        250_000
+    ),
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train SAEs offline with sae-lens's trainer; saves sae-lens folders plus a card.json (EV, L0, dead fraction)."""
+    from fer_diag.data.sources import english_fortunes, read_texts
+    from fer_diag.models import load_model
+    from fer_diag.sae.training import SAETrainingConfig, sae_dir_name, train_saes
+
+    try:
+        loaded = load_model(model)
+        if text:
+            texts = [t for path in text for t in read_texts(path).texts]
+            eval_texts = None
+        else:
+            texts, eval_texts = english_fortunes(split="train"), english_fortunes(split="heldout")
+        cfg = SAETrainingConfig(
+            architecture=architecture,
+            d_sae=d_sae,
+            k=k,
+            training_tokens=training_tokens,
+            cache_tokens=cache_tokens,
+            seed=seed,
+        )
+        results = train_saes(loaded, hook, texts, eval_texts=eval_texts, config=cfg, out_dir=out)
+    except _user_errors() as exc:
+        _fail(exc)
+    table = Table(title="trained SAEs")
+    for col in ("hook", "folder", "EV (held-out)", "L0", "dead", "tokens"):
+        table.add_column(col)
+    for h, (_, card) in results.items():
+        ev = card.get("heldout", {})
+        table.add_row(
+            h,
+            str(out / sae_dir_name(h)),
+            f"{ev.get('explained_variance', float('nan')):.3f}",
+            f"{ev.get('l0', float('nan')):.1f}",
+            f"{ev.get('dead_frac', float('nan')):.3f}",
+            str(card.get("tokens_seen")),
+        )
+    Console().print(table)
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="zoo name")] = "smollm2-135m",
+    hooks: Annotated[list[str] | None, typer.Option("--hooks", "-H")] = None,
+    n_seqs: Annotated[int, typer.Option(help="windows timed")] = 32,
+    small: Annotated[int, typer.Option(help="corpus size (windows) for the first memory figure")] = 16,
+    large: Annotated[int, typer.Option(help="corpus size (windows) for the second memory figure")] = 64,
+    repeats: Annotated[int, typer.Option()] = 2,
+    no_saes: Annotated[bool, typer.Option(help="leave the default SAEs out")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Time the audit against the model's own forward pass on the same tokens (a ratio, one run) and peak memory."""
+    from fer_diag.bench import run_bench
+
+    try:
+        res = run_bench(
+            model,
+            hooks=hooks or None,
+            n_seqs=n_seqs,
+            memory_sizes=(small, large),
+            repeats=repeats,
+            use_saes=not no_saes,
+        )
+    except _user_errors() as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(res.model_dump_json(indent=2) + "\n")
+        return
+    out = Console()
+    out.print(
+        f"{res.model}: {len(res.hooks)} hooks, {res.n_saes} SAEs, {res.windows} windows, {res.tokens} tokens, "
+        f"{res.torch_threads} torch threads"
+    )
+    out.print(f"forward pass (floor)            {res.forward_s:8.2f} s")
+    out.print(f"audit, streaming analysis       {res.audit_stream_s:8.2f} s   ratio {res.ratio_stream:.3f}")
+    out.print(
+        f"audit, whole (no CE, no control){res.audit_total_s:8.2f} s   ratio {res.ratio_total:.3f}   target ≤ 1.15"
+    )
+    out.print(f"SAE CE-loss splice (extra)      {res.ce_splice_s:8.2f} s")
+    for n, mb in res.peak_rss_mb.items():
+        out.print(f"peak RSS, {n:4d} windows        {mb:8.0f} MiB")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

@@ -1,0 +1,138 @@
+"""`fer-diag bench`: the audit's cost as a ratio of the model's own forward pass, measured in one run.
+
+The floor is the model's forward pass over exactly the windows the audit reads
+(the full forward, since the audit needs logits for the perplexity baselines).
+Floor and audit are timed alternately, ``repeats`` times each, and the fastest of
+each is kept, so load from other processes on a shared machine hits both alike.
+Reported separately: the SAE CE-loss splice (extra forward passes by design) and
+the random-init control (a second model). Peak memory is the peak RSS of a
+fresh process auditing the same set at two corpus sizes: streaming means it
+should not grow with the number of windows.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import time
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from fer_diag.audit import Audit, AuditConfig
+from fer_diag.data.suite import Suite, default_suite, tokenize_windows
+from fer_diag.models import LoadedModel, load_model
+from fer_diag.report.schema import Report
+
+
+class BenchResult(BaseModel):
+    model: str
+    hooks: list[str]
+    n_saes: int
+    windows: int
+    tokens: int
+    forward_s: float
+    audit_stream_s: float
+    audit_total_s: float
+    ratio_stream: float
+    ratio_total: float
+    ce_splice_s: float
+    peak_rss_mb: dict[int, float]
+    torch_threads: int
+
+
+def _reference_suite(loaded: LoadedModel, n: int, seed: int) -> Suite:
+    suite = default_suite(loaded.tokenizer, n_per_set=n, seed=seed, on_missing="skip")
+    return Suite([suite.reference])
+
+
+@torch.inference_mode()
+def _forward_floor(loaded: LoadedModel, tokens: torch.Tensor, batch_size: int) -> float:
+    t = time.perf_counter()
+    for lo in range(0, len(tokens), batch_size):
+        loaded.model(tokens[lo : lo + batch_size])
+    return time.perf_counter() - t
+
+
+def _audit(loaded: LoadedModel, suite: Suite, config: AuditConfig, saes: Any) -> tuple[float, Audit, Report]:
+    t = time.perf_counter()
+    runner = Audit(loaded, suite=suite, saes=saes, config=config, progress=False)
+    report = runner.run()
+    return time.perf_counter() - t, runner, report
+
+
+def _peak_rss_child(model: str, n: int, config: dict, saes: Any, seed: int, queue) -> None:
+    loaded = load_model(model, progress=False)
+    suite = _reference_suite(loaded, n, seed)
+    _audit(loaded, suite, AuditConfig(**{**config, "max_seqs": n}), saes)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_rss(model: str, n: int, config: AuditConfig, saes: Any = None, seed: int = 0) -> float:
+    """Peak RSS (MiB) of a fresh process that loads ``model`` and audits ``n`` windows."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_rss_child, args=(model, n, config.model_dump(), saes, seed, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return float(value)
+
+
+def run_bench(
+    model: str = "smollm2-135m",
+    hooks: list[str] | None = None,
+    n_seqs: int = 32,
+    memory_sizes: tuple[int, int] = (16, 64),
+    repeats: int = 2,
+    batch_size: int = 8,
+    seq_len: int = 128,
+    use_saes: bool = True,
+    seed: int = 0,
+) -> BenchResult:
+    loaded = load_model(model, progress=False)
+    config = AuditConfig(
+        hooks=hooks,
+        max_seqs=n_seqs,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        random_init_control=False,
+        default_saes=use_saes,
+        seed=seed,
+    )
+    suite = _reference_suite(loaded, n_seqs, seed)
+    windows = tokenize_windows(
+        suite.reference,
+        loaded.tokenizer,
+        seq_len=seq_len,
+        max_windows=n_seqs,
+        bos_token_id=loaded.bos_token_id,
+        pad_token_id=loaded.pad_token_id,
+    )
+    saes = None if use_saes else {}
+    no_ce = config.model_copy(update={"ce_windows": 0})
+    _forward_floor(loaded, windows.tokens[:batch_size], batch_size)  # warm-up
+    floors, streams, totals = [], [], []
+    for _ in range(repeats):
+        floors.append(_forward_floor(loaded, windows.tokens, batch_size))
+        total, runner, report = _audit(loaded, suite, no_ce, saes)
+        streams.append(runner.seconds["analysis"])
+        totals.append(total)
+    with_ce, _, _ = _audit(loaded, suite, config, saes)
+    floor = min(floors)
+    return BenchResult(
+        model=loaded.name,
+        hooks=report.hooks,
+        n_saes=len(report.saes),
+        windows=len(windows),
+        tokens=int(windows.tokens.numel()),
+        forward_s=floor,
+        audit_stream_s=min(streams),
+        audit_total_s=min(totals),
+        ratio_stream=min(streams) / floor,
+        ratio_total=min(totals) / floor,
+        ce_splice_s=max(with_ce - min(totals), 0.0),
+        peak_rss_mb={n: peak_rss(model, n, no_ce, saes, seed) for n in memory_sizes},
+        torch_threads=torch.get_num_threads(),
+    )
