@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fer_diag.analyzers.familiarity import FamiliarityAnalyzer
-from fer_diag.analyzers.massive import MassiveAnalyzer, massive_dims
+from fer_diag.analyzers.massive import MassiveAnalyzer, massive_dims, scaffold_intervention
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import ActivationBatch, Capture, hook_layer, resolve_hooks
 from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
@@ -187,6 +187,8 @@ class Audit:
         self._run_sets(capture, suite, windows, analyzers, saes, done, fingerprint, first)
         self.seconds["analysis"] = time.perf_counter() - t1
 
+        massive = analyzers["massive"].compute()
+        scaffold = self._scaffold(loaded, massive, first)
         control = {}
         if c.random_init_control:
             t2 = time.perf_counter()
@@ -194,6 +196,7 @@ class Audit:
             self.seconds["control"] = time.perf_counter() - t2
 
         report = self._report(loaded, hooks, suite, windows, analyzers, saes, control, resumed)
+        report.massive = {**_jsonable(massive), "scaffold": scaffold}
         self.seconds["total"] = time.perf_counter() - t0
         report.run.seconds = dict(self.seconds)
         if self.out_dir is not None:
@@ -308,6 +311,31 @@ class Audit:
             path.unlink()
             path.parent.rmdir()
 
+    def _scaffold(self, loaded: LoadedModel, massive, first: ActivationBatch) -> dict | None:
+        """Sun et al.'s intervention at the first layer with massive activations, on the first ID batch.
+
+        Sets the massive dims at position 0 to their mean across inputs, then to zero, and
+        reports the mean NLL of each run against the clean one.
+        """
+        hook = massive.first_hook
+        if hook is None:
+            return None
+        dims = [d for d in massive.hooks[hook].dims if d.hits_first_position > 0]
+        if not dims:
+            return None
+        t = time.perf_counter()
+        out = scaffold_intervention(
+            loaded.model,
+            first.tokens,
+            hook,
+            [d.dim for d in dims],
+            [0],
+            [d.value_mean for d in dims],
+            loss_mask=first.mask,
+        )
+        self.seconds["scaffold_intervention"] = time.perf_counter() - t
+        return {"hook": hook, "dims": [d.dim for d in dims], "positions": [0], "windows": len(first.seq_index), **out}
+
     # ---------------------------------------------------------------- control
     def _control(self, loaded, hooks, suite, windows, massive_dims) -> dict:
         """The same sparsity measurement on a randomly initialised copy (same architecture and tokenizer)."""
@@ -334,7 +362,6 @@ class Audit:
         sparsity = analyzers["sparsity"].compute()
         sections: dict[str, Any] = {
             "sparsity": sparsity,
-            "massive": analyzers["massive"].compute(),
             "familiarity": analyzers["familiarity"].compute(sparsity, n_boot=c.n_boot, seed=c.seed),
         }
         if saes:

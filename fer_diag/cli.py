@@ -216,7 +216,7 @@ def train_sae(
             str(out / sae_dir_name(h)),
             f"{ev.get('explained_variance', float('nan')):.3f}",
             f"{ev.get('l0', float('nan')):.1f}",
-            f"{ev.get('dead_frac', float('nan')):.3f}",
+            f"{ev.get('dead_fraction', float('nan')):.3f}",
             str(card.get("tokens_seen")),
         )
     Console().print(table)

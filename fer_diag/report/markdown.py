@@ -168,6 +168,14 @@ def _massive(r: Report) -> str:
     ]
     if not rows:
         return "\n".join([*head, "None found on the hooked layers."])
+    sc = r.massive.get("scaffold")
+    if sc:
+        head += [
+            f"Scaffold test (Sun et al.) at `{sc['hook']}`, dims {sc['dims']} at position 0, "
+            f"{sc['windows']} in-distribution windows: mean NLL clean {fmt(sc['nll_clean'])}, "
+            f"set to their mean across inputs {fmt(sc['nll_mean'])}, set to zero {fmt(sc['nll_zero'])}.",
+            "",
+        ]
     header = [
         "hook",
         "dim",

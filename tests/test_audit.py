@@ -1,0 +1,123 @@
+"""The audit end to end on a tiny model: report contents, renderings, resume after an interruption."""
+
+import json
+import random
+
+import pytest
+
+from fer_diag.audit import Audit, AuditConfig, default_hooks
+from fer_diag.data.suite import SetKind, Suite, TextSet
+from fer_diag.report.schema import Report
+
+WORDS = "the cat sat on a mat while dogs ran past old mills and quiet rivers in the warm morning sun".split()
+
+
+def _texts(seed: int, n: int = 6, scramble: bool = False) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(30)]
+        text = " ".join(words)
+        if scramble:
+            text = "".join(rng.choice("qxzjv#@%&!") for _ in text)
+        out.append(text)
+    return out
+
+
+def _suite() -> Suite:
+    return Suite(
+        [
+            TextSet("id", SetKind.IN_DISTRIBUTION, texts=_texts(0)),
+            TextSet("noise", SetKind.SHIFTED, texts=_texts(1, scramble=True)),
+            TextSet("g0", SetKind.GRADED, texts=_texts(2), level=0.0, axis="shift"),
+            TextSet("g1", SetKind.GRADED, texts=_texts(3, scramble=True), level=1.0, axis="shift"),
+        ]
+    )
+
+
+CONFIG = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=50, random_init_control=True, control_sets=2)
+
+
+def test_default_hooks_cover_every_third_and_last_layer():
+    assert default_hooks(7) == [f"blocks.{i}.hook_resid_post" for i in (0, 3, 6)]
+    assert default_hooks(30)[-2:] == ["blocks.27.hook_resid_post", "blocks.29.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def report_dir(tiny_hooked, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=CONFIG, out_dir=out).run()
+    return out
+
+
+def test_report_files_and_round_trip(report_dir):
+    for name in ("report.json", "report.md", "report.html"):
+        assert (report_dir / name).stat().st_size > 0
+    report = Report.from_json(report_dir / "report.json")
+    assert report.hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert [s.name for s in report.text_sets] == ["id", "noise", "g0", "g1"]
+    for plot in report.plots.values():
+        assert (report_dir / plot).exists()
+    html = (report_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script src=" not in html  # self-contained
+
+
+def test_report_numbers_come_from_the_analyzers(report_dir):
+    report = Report.from_json(report_dir / "report.json")
+    profiles = report.sparsity["profiles"]["raw"]
+    for hook in report.hooks:
+        assert set(profiles[hook]) == {"id", "noise", "g0", "g1"}
+        hoyer = profiles[hook]["id"]["metrics"]["hoyer"]["unmasked"]["seq_mean"]
+        assert 0.0 < hoyer < 1.0
+    rows = report.familiarity["detection"]
+    assert {r["set_name"] for r in rows} == {"noise", "g0", "g1"}
+    assert {r["metric"] for r in rows if r["source"] == "baseline"} == {"nll", "entropy", "maxprob"}
+    assert report.familiarity["graded"], "graded axis must give ρ rows"
+    # the random-init control measured the reference and one more set
+    assert report.control["sets"] == ["id", "noise"]
+    md = (report_dir / "report.md").read_text()
+    assert f"{hoyer:.3f}" in md  # the Markdown shows the JSON's number
+
+
+def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeypatch, report_dir):
+    import fer_diag.audit as audit_mod
+
+    calls = {"n": 0}
+    original = audit_mod.SparsityAnalyzer.update
+
+    def flaky(self, batch):
+        if batch.set_name == "g0":
+            calls["n"] += 1
+            raise KeyboardInterrupt
+        original(self, batch)
+
+    cfg = CONFIG.model_copy(update={"random_init_control": False})
+    monkeypatch.setattr(audit_mod.SparsityAnalyzer, "update", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, out_dir=tmp_path).run()
+    assert calls["n"] == 1
+    assert (tmp_path / ".partial" / "state.pt").exists()
+    monkeypatch.setattr(audit_mod.SparsityAnalyzer, "update", original)
+    resumed = Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, out_dir=tmp_path).run()
+    assert sorted(resumed.run.resumed_sets) == ["id", "noise"]
+    assert not (tmp_path / ".partial").exists()
+    full = Report.from_json(report_dir / "report.json")
+    assert json.dumps(resumed.sparsity["profiles"], sort_keys=True) == json.dumps(
+        full.sparsity["profiles"], sort_keys=True
+    )
+
+
+def test_bridge_and_hooked_audits_agree(tiny_hooked, tiny_bridge):
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "n_boot": 0})
+    a = Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, progress=False).run()
+    b = Audit(tiny_bridge, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, progress=False).run()
+    for hook in a.hooks:
+        x = a.sparsity["profiles"]["raw"][hook]["noise"]["metrics"]["hoyer"]["unmasked"]["seq_mean"]
+        y = b.sparsity["profiles"]["raw"][hook]["noise"]["metrics"]["hoyer"]["unmasked"]["seq_mean"]
+        assert x == pytest.approx(y, abs=1e-4)
+
+
+def test_empty_text_set_is_a_clear_error(tiny_hooked):
+    suite = Suite([TextSet("id", SetKind.IN_DISTRIBUTION, texts=_texts(0)), TextSet("empty", SetKind.SHIFTED)])
+    with pytest.raises(ValueError, match="empty"):
+        Audit(tiny_hooked, suite=suite, config=CONFIG, progress=False).run()

@@ -1,0 +1,93 @@
+"""Capture: hook resolution, early stop, per-token readouts, NaN guard, HookedTransformer == TransformerBridge."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from fer_diag.capture import (
+    ActivationValueError,
+    Capture,
+    HookNameError,
+    resolve_hooks,
+    stop_layer,
+    token_readouts,
+)
+from fer_diag.data.suite import SetKind, TextSet, tokenize_windows
+
+TEXTS = [
+    "The cat sat on the mat and looked at the door for a long while.",
+    "A quiet river runs past the old mill where the children play.",
+    "Every morning the baker opens the shop before the sun comes up.",
+]
+
+
+@pytest.fixture(scope="module")
+def windows(tiny_tokenizer):
+    ts = TextSet("id", SetKind.IN_DISTRIBUTION, texts=TEXTS)
+    return ts, tokenize_windows(ts, tiny_tokenizer, seq_len=24, bos_token_id=1, pad_token_id=2, min_tokens=4)
+
+
+def test_wildcard_expands_to_every_layer(tiny_hooked):
+    hooks = resolve_hooks(tiny_hooked.model, ["blocks.*.hook_resid_post"])
+    assert hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def test_unknown_hook_lists_close_matches(tiny_hooked):
+    with pytest.raises(HookNameError) as err:
+        resolve_hooks(tiny_hooked.model, ["blocks.0.hook_resid_pst"])
+    assert "blocks.0.hook_resid_post" in str(err.value)
+
+
+def test_bridge_alias_resolves(tiny_bridge):
+    assert resolve_hooks(tiny_bridge.model, ["blocks.1.hook_resid_post"]) == ["blocks.1.hook_resid_post"]
+
+
+def test_stop_layer_is_after_deepest_hook(tiny_hooked):
+    assert stop_layer(tiny_hooked.model, ["blocks.0.hook_resid_post"]) == 1
+    assert stop_layer(tiny_hooked.model, ["blocks.1.hook_resid_post"]) is None  # last layer: whole model
+    assert stop_layer(tiny_hooked.model, ["ln_final.hook_normalized"]) is None
+
+
+def test_hooked_and_bridge_capture_the_same_activations(tiny_hooked, tiny_bridge, windows):
+    ts, w = windows
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    a = list(Capture(tiny_hooked.model, hooks, batch_size=2, need_logits=True).batches(w, ts))
+    b = list(Capture(tiny_bridge.model, hooks, batch_size=2, need_logits=True).batches(w, ts))
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        for h in hooks:
+            torch.testing.assert_close(x.acts[h][x.mask], y.acts[h][y.mask], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(x.token_nll[:, 1:], y.token_nll[:, 1:], atol=1e-4, rtol=1e-4)
+
+
+def test_batches_carry_set_identity_and_resume_start(tiny_hooked, windows):
+    ts, w = windows
+    cap = Capture(tiny_hooked.model, ["blocks.0.hook_resid_post"], batch_size=2)
+    batches = list(cap.batches(w, ts, start=1))
+    assert [b.seq_index.tolist() for b in batches] == [[1, 2]]
+    assert batches[0].set_name == "id" and batches[0].kind is SetKind.IN_DISTRIBUTION
+    assert batches[0].token_nll is None  # no logits asked for
+
+
+def test_token_readouts_match_hand_computation():
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0], [0.0, 0.0]]])
+    tokens = torch.tensor([[0, 1, 0]])
+    nll, ent, maxp = token_readouts(logits, tokens)
+    assert math.isnan(nll[0, 0])
+    # position 1 is predicted from position 0: p = (1/4, 3/4), token 1 → −ln(3/4)
+    assert nll[0, 1].item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert nll[0, 2].item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert maxp[0, 1].item() == pytest.approx(0.75, abs=1e-6)
+    assert ent[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
+
+
+def test_nan_activations_raise_with_fix(tiny_hooked, windows):
+    ts, w = windows
+    model = copy.deepcopy(tiny_hooked.model)
+    with torch.no_grad():
+        model.embed.W_E[:] = float("nan")
+    cap = Capture(model, ["blocks.0.hook_resid_post"], batch_size=4)
+    with pytest.raises(ActivationValueError, match="NaN/Inf"):
+        next(cap.batches(w, ts))
