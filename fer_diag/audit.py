@@ -99,6 +99,8 @@ class Audit:
         self.suite = suite
         self.id_texts = list(id_texts or [])
         self.ood_texts = list(ood_texts or [])
+        if bool(self.id_texts) != bool(self.ood_texts):
+            raise ValueError("pass both --id-text and --ood-text (or neither, for the default suite)")
         self.tokenizer = tokenizer
         self.bridge = bridge
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -120,8 +122,6 @@ class Audit:
         if self.suite is not None:
             return self.suite
         if self.id_texts or self.ood_texts:
-            if not (self.id_texts and self.ood_texts):
-                raise ValueError("pass both --id-text and --ood-text (or neither, for the default suite)")
             return suite_mod.suite_from_files(self.id_texts, self.ood_texts, loaded.tokenizer)
         return suite_mod.default_suite(loaded.tokenizer, n_per_set=self.config.max_seqs, seed=self.config.seed)
 

@@ -9,7 +9,28 @@ from fer_diag.audit import Audit, AuditConfig, default_hooks
 from fer_diag.data.suite import SetKind, Suite, TextSet
 from fer_diag.report.schema import Report
 
-WORDS = "the cat sat on a mat while dogs ran past old mills and quiet rivers in the warm morning sun".split()
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "past",
+    "old",
+    "mills",
+    "and",
+    "quiet",
+    "rivers",
+    "in",
+    "the",
+    "warm",
+    "morning",
+    "sun",
+]
 
 
 def _texts(seed: int, n: int = 6, scramble: bool = False) -> list[str]:
