@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from sae_lens import SAE
@@ -95,33 +96,23 @@ class SAEBasis:
         out = {h: CESums() for h in self.saes}
         n = min(max_windows, len(windows))
         for lo in range(0, n, batch_size):
-            tokens = windows.tokens[lo : min(lo + batch_size, n)]
-            mask = windows.mask[lo : min(lo + batch_size, n)]
+            tokens = windows.tokens[lo : min(lo + batch_size, n)].to(device)
+            mask = windows.mask[lo : min(lo + batch_size, n)].to(device)
             count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
-            clean = self._nll(model(tokens.to(device)), tokens, count)
+            clean = _nll(model, tokens, count, [])
             for hook, sae in self.saes.items():
-                m = mask.to(device)
-                spliced = self._nll(
-                    model.run_with_hooks(
-                        tokens.to(device), fwd_hooks=[(hook, _splice(m, lambda a, s=sae: _recon(s, a)))]
-                    ),
-                    tokens,
-                    count,
-                )
-                ablated = self._nll(
-                    model.run_with_hooks(tokens.to(device), fwd_hooks=[(hook, _splice(m, torch.zeros_like))]),
-                    tokens,
-                    count,
-                )
+                spliced = _nll(model, tokens, count, [(hook, _splice(mask, partial(_recon, sae)))])
+                ablated = _nll(model, tokens, count, [(hook, _splice(mask, torch.zeros_like))])
                 out[hook] += CESums(clean, spliced, ablated, int(count.sum()))
         return out
 
-    @staticmethod
-    def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> float:
-        """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1)."""
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logp.gather(-1, tokens[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
-        return float(nll[count.to(nll.device)].double().sum())
+
+def _nll(model, tokens: torch.Tensor, count: torch.Tensor, fwd_hooks: list) -> float:
+    """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1) under ``fwd_hooks``."""
+    logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return float(nll[count].double().sum())
 
 
 def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:

@@ -115,3 +115,12 @@ def test_cesums_add_and_undefined_score():
     assert (s.clean, s.sae, s.ablated, s.tokens) == (2.0, 3.0, 4.0, 5)
     assert s.score() == pytest.approx((4 - 3) / (4 - 2))
     assert CESums(1.0, 1.0, 1.0, 3).score() is None
+
+
+def test_ce_sums_on_a_bridge_through_an_alias(tiny_bridge):
+    model = tiny_bridge.model
+    d = model.cfg.d_model
+    w = windows(3, 8, model.cfg.d_vocab, seed=3)
+    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w, 3)
+    assert sums[HOOK0].score() == pytest.approx(1.0, abs=1e-4)
+    assert sums[HOOK1].score() == pytest.approx(0.0, abs=1e-6)

@@ -173,9 +173,11 @@ def test_default_saes_unknown_model_is_empty():
 def test_fidelity_equals_direct_sae_lens_computation(model, cfg_cls, kw):
     sae = make_sae(model.cfg.d_model, HOOK1, cfg_cls=cfg_cls, **kw)
     (batch,) = capture_batches(model, ID, n=4, batch_size=4)
-    fid = SAEFidelityAnalyzer({HOOK1: sae})
+    fid = SAEFidelityAnalyzer({HOOK1: sae}, massive_dims={HOOK1: [3, 0], HOOK0: [1]})
     fid.update(batch)
-    got = fid.compute()["hooks"][HOOK1]["sets"]["id"]
+    result = fid.compute()["hooks"]
+    assert list(result) == [HOOK1] and result[HOOK1]["massive_dims"] == [0, 3]
+    got = result[HOOK1]["sets"]["id"]
     x = batch.acts[HOOK1][batch.mask]
     with torch.no_grad():
         f = sae.encode(x)
@@ -189,12 +191,17 @@ def test_fidelity_equals_direct_sae_lens_computation(model, cfg_cls, kw):
     assert got["kind"] == "in_distribution" and got["ev_drop"] == pytest.approx(0.0)
     if cfg_cls is TopKSAEConfig:
         assert got["l0"] == pytest.approx(6.0)
+    keep = [j for j in range(x.shape[1]) if j not in (0, 3)]
+    xm, ym = x[:, keep], x_hat[:, keep]
+    ev_masked = 1 - (xm - ym).pow(2).sum() / (xm - xm.mean(0)).pow(2).sum()
+    assert got["massive_masked"]["explained_variance"] == pytest.approx(float(ev_masked), abs=1e-5)
+    assert got["massive_masked"]["ev_drop"] == pytest.approx(0.0)
 
 
 def test_fidelity_merge_of_shards_equals_one_pass(model):
     saes = {HOOK0: make_sae(model.cfg.d_model, HOOK0), HOOK1: make_sae(model.cfg.d_model, HOOK1, seed=1)}
     batches = capture_batches(model, ID) + capture_batches(model, OOD, seed=5)
-    one, a, b = (SAEFidelityAnalyzer(saes) for _ in range(3))
+    one, a, b = (SAEFidelityAnalyzer(saes, massive_dims={HOOK0: [2]}) for _ in range(3))
     basis = SAEBasis(saes)
     for i, batch in enumerate(batches):
         one.update(batch, basis.read(batch))
@@ -208,12 +215,17 @@ def test_fidelity_merge_of_shards_equals_one_pass(model):
         for s in ("id", "ood"):
             for key, value in want["hooks"][hook]["sets"][s].items():
                 got = merged["hooks"][hook]["sets"][s][key]
-                assert got == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), (hook, s, key)
+                want_value = pytest.approx(value, rel=1e-9) if isinstance(value, float | dict) else value
+                assert got == want_value, (hook, s, key)
     ood = want["hooks"][HOOK1]["sets"]["ood"]
     assert ood["ce_score"] == pytest.approx((30 - 11) / (30 - 10))
     assert ood["ev_drop"] == pytest.approx(want["hooks"][HOOK1]["reference_ev"] - ood["explained_variance"])
+    assert "massive_masked" in want["hooks"][HOOK0]["sets"]["ood"]
+    assert "massive_masked" not in ood
     with pytest.raises(TypeError):
         one.merge(ShiftedLatentsAnalyzer())
+    with pytest.raises(ValueError, match="massive dims"):
+        one.merge(SAEFidelityAnalyzer(saes))
 
 
 def test_fidelity_rejects_latent_batches(model):
@@ -301,7 +313,9 @@ def test_tiny_train_sae_gives_loadable_folder_with_card(tmp_path, tiny_hooked, t
     assert (tmp_path / "sae" / CARD_FILENAME).is_file()
     saved = json.loads((tmp_path / "sae" / CARD_FILENAME).read_text())
     assert saved["hook"] == HOOK1 and saved["tokens_seen"] == 640 and saved["config"]["seed"] == 0
-    assert set(saved["heldout"]) == {"explained_variance", "l0", "dead_fraction", "tokens"}
+    assert set(saved["heldout"]) == {
+        "explained_variance", "explained_variance_massive_masked", "massive_dims", "l0", "dead_fraction", "tokens"
+    }  # fmt: skip
     assert saved["heldout"]["l0"] <= 4
     with pytest.warns(UserWarning, match="float16"):  # saved in float16, upcast when matched
         loaded = match_saes(tmp_path / "sae", tiny_hooked.model, [HOOK1])[HOOK1]
@@ -327,20 +341,23 @@ def test_training_other_architecture_and_too_little_text(tiny_hooked, tiny_token
 # --------------------------------------------------------------- integration
 @pytest.mark.integration
 def test_shipped_default_saes_on_smollm2(smollm2):
+    from fer_diag.analyzers.massive import detect_massive
     from fer_diag.data.sources import english_fortunes
     from fer_diag.data.suite import tokenize_windows
 
-    lm = smollm2
     saes = default_saes("smollm2-135m")
-    assert len(saes) >= 3
+    assert list(saes) == ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post", "blocks.26.hook_resid_post"]
     hooks = list(saes)
-    assert match_saes(list(saes.values()), lm.model, hooks).keys() == saes.keys()
-    texts = TextSet("id", SetKind.IN_DISTRIBUTION, english_fortunes(max_texts=8, split="heldout"))
-    w = tokenize_windows(texts, lm.tokenizer, seq_len=128, bos_token_id=lm.bos_token_id)
-    fid = SAEFidelityAnalyzer(saes)
-    for batch in Capture(lm.model, hooks, batch_size=4).batches(w, texts):
+    assert match_saes(list(saes.values()), smollm2.model, hooks) == saes
+    texts = TextSet("id", SetKind.IN_DISTRIBUTION, english_fortunes(max_texts=12, split="heldout"))
+    w = tokenize_windows(texts, smollm2.tokenizer, seq_len=128, bos_token_id=smollm2.bos_token_id)
+    batches = list(Capture(smollm2.model, hooks, batch_size=4).batches(w, texts))
+    dims = {h: detect_massive(batches[0].acts[h], batches[0].mask).dims.unique().tolist() for h in hooks}
+    fid = SAEFidelityAnalyzer(saes, massive_dims=dims)
+    for batch in batches:
         fid.update(batch)
     for hook, row in fid.compute()["hooks"].items():
         got = row["sets"]["id"]
-        assert got["explained_variance"] >= 0.8, hook
-        assert got["l0"] <= 64, hook
+        assert got["explained_variance"] >= 0.8, (hook, got)
+        assert got.get("massive_masked", got)["explained_variance"] >= 0.8, (hook, got)
+        assert got["l0"] <= 64, (hook, got)

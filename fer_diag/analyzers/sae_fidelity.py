@@ -18,6 +18,12 @@ and x̂ = decode(encode(x)):
 An SAE whose fidelity collapses on a shifted set makes its L0 there meaningless;
 ``ev_drop`` (reference EV − set EV, the reference being the pooled
 in-distribution sets) is what the verdict reads.
+
+With ``massive_dims`` (per hook, e.g. from the massive-activation analyzer) every
+metric but L0 and CE is also reported over the remaining coordinates
+(``massive_masked``): a few tokens carrying a massive activation (|h| ~ 2.5e4 in
+SmolLM2's middle layers) otherwise dominate Σ‖x − x̄‖², so the plain EV mostly
+says whether those tokens are reconstructed.
 """
 
 from __future__ import annotations
@@ -96,9 +102,11 @@ class SAEFidelityAnalyzer(Analyzer):
 
     name = "sae_fidelity"
 
-    def __init__(self, saes: dict[str, SAE]) -> None:
+    def __init__(self, saes: dict[str, SAE], massive_dims: dict[str, list[int]] | None = None) -> None:
         self.basis = SAEBasis(saes)
+        self.massive_dims = {h: sorted(d) for h, d in (massive_dims or {}).items() if h in saes and d}
         self.stats: dict[str, dict[str, _Stats]] = {h: {} for h in saes}
+        self.masked: dict[str, dict[str, _Stats]] = {h: {} for h in self.massive_dims}
         self.kinds: dict[str, SetKind] = {}
 
     def update(self, batch: ActivationBatch, latents: ActivationBatch | None = None) -> None:
@@ -110,8 +118,13 @@ class SAEFidelityAnalyzer(Analyzer):
             if hook not in batch.acts:
                 continue
             f = latents.acts[hook][batch.mask]
-            x = batch.acts[hook][batch.mask]
-            self._stats(hook, batch.set_name).add(x.flatten(1), self.basis.decode(hook, f).flatten(1), f)
+            x = batch.acts[hook][batch.mask].flatten(1)
+            x_hat = self.basis.decode(hook, f).flatten(1)
+            self._stats(hook, batch.set_name).add(x, x_hat, f)
+            if hook in self.masked:
+                keep = torch.ones(x.shape[1], dtype=torch.bool)
+                keep[self.massive_dims[hook]] = False
+                self.masked[hook].setdefault(batch.set_name, _Stats()).add(x[:, keep], x_hat[:, keep], f)
 
     def update_ce(self, set_name: str, sums: dict[str, CESums]) -> None:
         """Add CE-loss sums of ``set_name`` (from :meth:`fer_diag.basis.SAEBasis.ce_sums`)."""
@@ -123,29 +136,51 @@ class SAEFidelityAnalyzer(Analyzer):
 
     def merge(self, other: Self) -> Self:
         self._check_mergeable(other)
-        if set(other.stats) != set(self.stats):
-            raise ValueError(f"cannot merge SAE fidelity over hooks {sorted(other.stats)} into {sorted(self.stats)}")
-        for hook, sets in other.stats.items():
-            for set_name, s in sets.items():
-                self._stats(hook, set_name).merge(s)
+        if set(other.stats) != set(self.stats) or other.massive_dims != self.massive_dims:
+            raise ValueError("cannot merge SAE fidelity analyzers with different hooks or massive dims")
+        for mine, theirs in ((self.stats, other.stats), (self.masked, other.masked)):
+            for hook, sets in theirs.items():
+                for set_name, s in sets.items():
+                    mine[hook].setdefault(set_name, _Stats()).merge(s)
         self.kinds.update(other.kinds)
         return self
 
     def compute(self) -> dict[str, Any]:
-        """``{"hooks": {hook: {"sets": {set: metrics}, "reference_ev": …}}}`` with ``kind`` and ``ev_drop`` per set."""
+        """``{"hooks": {hook: {"reference_ev", "massive_dims", "sets": {set: metrics}}}}``.
+
+        Per set: the metrics of the module docstring, ``kind``, ``ev_drop`` and,
+        for hooks with massive dims, ``massive_masked`` (EV, cosine, relative MSE
+        and EV drop over the other coordinates).
+        """
         out: dict[str, Any] = {}
         for hook, sets in self.stats.items():
-            ref = _Stats()
-            for set_name, s in sets.items():
-                if self.kinds.get(set_name) is SetKind.IN_DISTRIBUTION:
-                    ref.merge(s)
-            ref_ev = ref.result()["explained_variance"] if ref.tokens else None
+            masked = self.masked.get(hook, {})
+            ref_ev, ref_masked_ev = self._reference_ev(sets), self._reference_ev(masked)
             rows = {}
             for set_name, s in sets.items():
                 r = s.result()
                 r["kind"] = self.kinds[set_name].value if set_name in self.kinds else None
-                ev = r["explained_variance"]
-                r["ev_drop"] = ref_ev - ev if ref_ev is not None and ev is not None else None
+                r["ev_drop"] = _drop(ref_ev, r["explained_variance"])
+                if set_name in masked:
+                    m = masked[set_name].result()
+                    r["massive_masked"] = {
+                        "explained_variance": m["explained_variance"],
+                        "cosine": m["cosine"],
+                        "relative_mse": m["relative_mse"],
+                        "ev_drop": _drop(ref_masked_ev, m["explained_variance"]),
+                    }
                 rows[set_name] = r
-            out[hook] = {"reference_ev": ref_ev, "sets": rows}
+            out[hook] = {"reference_ev": ref_ev, "massive_dims": self.massive_dims.get(hook, []), "sets": rows}
         return {"hooks": out}
+
+    def _reference_ev(self, sets: dict[str, _Stats]) -> float | None:
+        """EV over the pooled in-distribution sets."""
+        ref = _Stats()
+        for set_name, s in sets.items():
+            if self.kinds.get(set_name) is SetKind.IN_DISTRIBUTION:
+                ref.merge(s)
+        return ref.result()["explained_variance"] if ref.tokens else None
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or value is None else reference - value

@@ -32,6 +32,7 @@ from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 
+from fer_diag.analyzers.massive import detect_massive
 from fer_diag.capture import Capture, resolve_hooks
 from fer_diag.data.suite import SetKind, TextSet, Windows
 from fer_diag.sae.loading import shipped_sae_dir
@@ -51,23 +52,26 @@ class SAETrainingConfig:
     ``training_tokens`` is the number of activation vectors the trainer sees
     (epochs over the cache of ``cache_tokens``). ``sae_kwargs`` go to the
     sae-lens training config of ``architecture`` (e.g. ``l1_coefficient`` for
-    ``standard``). Tokens whose norm exceeds ``max_norm_ratio`` × the median
-    norm (massive activations beyond BOS) are left out of training and counted
-    in the card; ``None`` keeps them.
+    ``standard``). Every counted token is trained on, massive activations
+    beyond position 0 included (SmolLM2 puts some on the token right after
+    BOS): the audit reads those tokens too.
+
+    The default is BatchTopK (saved as JumpReLU by sae-lens): k latents fire on
+    average, but how many fire on a token varies with the token, so SAE L0 can
+    carry a familiarity signal — with TopK it would be k everywhere.
     """
 
-    architecture: str = "topk"
+    architecture: str = "batchtopk"
     d_sae: int = 2304
-    k: int = 32
-    training_tokens: int = 2_000_000
+    k: int = 60
+    training_tokens: int = 1_228_800
     cache_tokens: int = 250_000
     seq_len: int = 128
     batch_size: int = 1024
-    lr: float = 4e-4
-    lr_warm_up_steps: int = 100
-    dead_feature_window: int = 200
+    lr: float = 1e-3
+    lr_warm_up_steps: int = 20
+    dead_feature_window: int = 100
     heldout_fraction: float = 0.08
-    max_norm_ratio: float | None = 20.0
     seed: int = 0
     save_dtype: str = "float16"
     device: str = "cpu"
@@ -138,21 +142,34 @@ def _batches(acts: torch.Tensor, batch_size: int, generator: torch.Generator) ->
 
 
 @torch.inference_mode()
-def evaluate_sae(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
-    """Explained variance 1 − Σ‖x−x̂‖²/Σ‖x−x̄‖², mean L0 and dead fraction (latents never firing) on ``acts``."""
-    sq_err = 0.0
-    l0 = 0.0
+def evaluate_sae(sae: SAE, acts: torch.Tensor, batch_size: int = 4096) -> dict[str, Any]:
+    """Held-out quality of ``sae`` on ``acts [tokens, d_in]``.
+
+    ``explained_variance`` = 1 − Σ‖x−x̂‖²/Σ‖x−x̄‖²; ``explained_variance_massive_masked``
+    the same over the coordinates that are not massive-activation dims
+    (``massive_dims``, Sun et al. 2024: some |x_j| > 100 and ≥ 1000 × median |x|),
+    which otherwise dominate Σ‖x−x̄‖² through a handful of tokens. ``l0`` is the
+    mean number of firing latents, ``dead_fraction`` the share of latents that
+    never fire on ``acts``.
+    """
+    dims = detect_massive(acts[None]).dims.unique()
+    keep = torch.ones(acts.shape[1], dtype=torch.bool)
+    keep[dims] = False
+    sq_err = torch.zeros(acts.shape[1], dtype=torch.float64)
+    l0 = 0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     for lo in range(0, len(acts), batch_size):
         x = acts[lo : lo + batch_size].to(sae.device, sae.dtype)
         f = sae.encode(x)
-        sq_err += (sae.decode(f) - x).double().pow(2).sum().item()
+        sq_err += (sae.decode(f) - x).double().pow(2).sum(0).cpu()
         active = f != 0
-        l0 += active.sum().item()
+        l0 += int(active.sum())
         fired |= active.any(0).cpu()
-    total_var = (acts.double() - acts.double().mean(0)).pow(2).sum().item()
+    var = (acts.double() - acts.double().mean(0)).pow(2).sum(0)
     return {
-        "explained_variance": 1.0 - sq_err / total_var,
+        "explained_variance": 1.0 - float(sq_err.sum() / var.sum()),
+        "explained_variance_massive_masked": 1.0 - float(sq_err[keep].sum() / var[keep].sum()),
+        "massive_dims": dims.tolist(),
         "l0": l0 / len(acts),
         "dead_fraction": 1.0 - fired.float().mean().item(),
         "tokens": len(acts),
@@ -175,14 +192,6 @@ def _training_sae(cfg: SAETrainingConfig, d_in: int, metadata: SAEMetadata):
     return sae_cls(sae_cfg)
 
 
-def _drop_outliers(acts: torch.Tensor, ratio: float | None) -> tuple[torch.Tensor, int]:
-    if ratio is None:
-        return acts, 0
-    norms = acts.norm(dim=-1)
-    keep = norms <= ratio * norms.median()
-    return acts[keep], int((~keep).sum())
-
-
 def train_on_activations(
     acts: torch.Tensor,
     heldout: torch.Tensor,
@@ -194,16 +203,15 @@ def train_on_activations(
 ) -> tuple[SAE, dict[str, Any]]:
     """Train one SAE on cached activations with sae-lens's trainer; return the inference SAE and its card."""
     torch.manual_seed(cfg.seed)
-    train_acts, n_dropped = _drop_outliers(acts, cfg.max_norm_ratio)
-    if len(train_acts) < cfg.batch_size:
+    if len(acts) < cfg.batch_size:
         raise ValueError(
-            f"only {len(train_acts)} activation vectors for {hook}, fewer than one batch ({cfg.batch_size}). "
+            f"only {len(acts)} activation vectors for {hook}, fewer than one batch ({cfg.batch_size}). "
             "Pass more text or a smaller batch_size."
         )
     metadata = SAEMetadata(model_name=model_name, hook_name=hook, context_size=cfg.seq_len, prepend_bos=True)
-    sae = _training_sae(cfg, train_acts.shape[1], metadata)
+    sae = _training_sae(cfg, acts.shape[1], metadata)
     with torch.no_grad():  # start the decoder bias at the data mean: the residual stream is far from centred
-        sae.b_dec.copy_(train_acts.mean(0) * math.sqrt(sae.cfg.d_in) / train_acts.norm(dim=-1).mean())
+        sae.b_dec.copy_(acts.mean(0) * math.sqrt(sae.cfg.d_in) / acts.norm(dim=-1).mean())
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.training_tokens,
         train_batch_size_samples=cfg.batch_size,
@@ -216,9 +224,9 @@ def train_on_activations(
         dead_feature_window=cfg.dead_feature_window,
         feature_sampling_window=cfg.dead_feature_window * 5,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=min(50, math.ceil(len(train_acts) / cfg.batch_size)),
+        n_batches_for_norm_estimate=min(50, math.ceil(len(acts) / cfg.batch_size)),
     )
-    data = _batches(train_acts, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
+    data = _batches(acts, cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
     trainer = SAETrainer(trainer_cfg, sae, data)
     start = time.perf_counter()
     quiet = mock.patch("sae_lens.training.sae_trainer.tqdm", partial(tqdm, disable=not progress))
@@ -234,8 +242,7 @@ def train_on_activations(
         "d_sae": inference.cfg.d_sae,
         "config": asdict(cfg),
         "tokens_seen": trainer.n_training_samples,
-        "cache_tokens": len(train_acts),
-        "outlier_tokens_dropped": n_dropped,
+        "cache_tokens": len(acts),
         "heldout": evaluate_sae(inference, heldout),
         "training_seconds": round(seconds, 1),
         "sae_lens_version": sae_lens.__version__,
