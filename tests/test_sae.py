@@ -9,7 +9,6 @@ import pytest
 import torch
 from sae_lens import (
     SAE,
-    BatchTopKTrainingSAEConfig,
     GatedSAEConfig,
     JumpReLUSAEConfig,
     StandardSAEConfig,
@@ -316,26 +315,33 @@ def test_tiny_train_sae_gives_loadable_folder_with_card(tmp_path, tiny_hooked, t
     assert set(saved["heldout"]) == {
         "explained_variance", "explained_variance_massive_masked", "massive_dims", "l0", "dead_fraction", "tokens"
     }  # fmt: skip
-    assert saved["heldout"]["l0"] <= 4
+    assert 0 < saved["heldout"]["l0"] < 16
     with pytest.warns(UserWarning, match="float16"):  # saved in float16, upcast when matched
         loaded = match_saes(tmp_path / "sae", tiny_hooked.model, [HOOK1])[HOOK1]
-    assert loaded.cfg.architecture() == "topk" and loaded.cfg.d_sae == 16
+    assert loaded.cfg.architecture() == "jumprelu" and loaded.cfg.d_sae == 16  # BatchTopK is saved as JumpReLU
     x = torch.randn(3, tiny_hooked.d_model)
     with torch.no_grad():  # the same SAE up to fp16 rounding
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)), atol=2e-2, rtol=2e-2)
     assert card == saved
 
 
-def test_training_other_architecture_and_too_little_text(tiny_hooked, tiny_tokenizer):
+@pytest.mark.parametrize("architecture", ["topk", "standard"])
+def test_training_other_architectures(tiny_hooked, architecture):
     texts = ["The quick brown fox jumps over the lazy dog."] * 30
     sae, card = train_sae(
-        tiny_hooked, HOOK0, texts, architecture="standard", d_sae=16, cache_tokens=300, seq_len=16, batch_size=32,
-        training_tokens=64, progress=False,
+        tiny_hooked, HOOK0, texts, architecture=architecture, d_sae=16, k=3, cache_tokens=300, seq_len=16,
+        batch_size=32, training_tokens=64, progress=False,
     )  # fmt: skip
-    assert sae.cfg.architecture() == "standard" and card["tokens_seen"] == 64
+    assert sae.cfg.architecture() == architecture and card["tokens_seen"] == 64
+    if architecture == "topk":
+        assert card["heldout"]["l0"] == 3
+
+
+def test_training_needs_enough_text(tiny_hooked):
     with pytest.raises(ValueError, match="too little to train"):
         train_sae(tiny_hooked, HOOK0, ["the cat"], progress=False)
-    assert BatchTopKTrainingSAEConfig.architecture() == "batchtopk"  # trainable through the same registry
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_sae(tiny_hooked, HOOK0, ["The quick brown fox."] * 20, cache_tokens=40, seq_len=16, progress=False)
 
 
 # --------------------------------------------------------------- integration
