@@ -233,7 +233,8 @@ def train_on_activations(
     with quiet, mock.patch("sae_lens.training.activation_scaler.tqdm", partial(tqdm, disable=True)):
         trained = trainer.fit()
     seconds = time.perf_counter() - start
-    inference = _to_inference(trained)
+    # rounded to the saved dtype, so the card describes (and the caller holds) the SAE as it loads from disk
+    inference = _to_inference(trained).to(dtype=getattr(torch, cfg.save_dtype)).to(dtype=torch.float32)
     card = {
         "hook": hook,
         "model": model_name,
