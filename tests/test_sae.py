@@ -22,7 +22,7 @@ from fer_diag.basis import CESums, SAEBasis
 from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import SetKind, TextSet, Windows
 from fer_diag.sae import loading
-from fer_diag.sae.loading import SAELoadError, SAEMatchError, default_saes, load_sae, match_saes
+from fer_diag.sae.loading import SAELoadError, SAEMatchError, default_saes, load_sae, match_saes, shipped_sae_dir
 from fer_diag.sae.training import CARD_FILENAME, train_sae
 
 HOOK0 = "blocks.0.hook_resid_post"
@@ -351,6 +351,8 @@ def test_shipped_default_saes_on_smollm2(smollm2):
     from fer_diag.data.sources import english_fortunes
     from fer_diag.data.suite import tokenize_windows
 
+    if not any(shipped_sae_dir("smollm2-135m").glob("*/cfg.json")):
+        pytest.skip("no default SAEs shipped in fer_diag/assets/saes yet (train them: fer-diag train-sae)")
     saes = default_saes("smollm2-135m")
     assert list(saes) == ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post", "blocks.26.hook_resid_post"]
     hooks = list(saes)
