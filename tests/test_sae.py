@@ -23,7 +23,7 @@ from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import SetKind, TextSet, Windows
 from fer_diag.sae import loading
 from fer_diag.sae.loading import SAELoadError, SAEMatchError, default_saes, load_sae, match_saes, shipped_sae_dir
-from fer_diag.sae.training import CARD_FILENAME, train_sae
+from fer_diag.sae.training import CARD_FILENAME, train_sae, train_saes
 
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
@@ -146,7 +146,11 @@ def test_folder_not_in_sae_lens_format(tmp_path):
         load_sae(tmp_path)
     (tmp_path / "sae_weights.safetensors").write_bytes(b"")
     with pytest.raises(SAELoadError, match="cannot read them"):
-        load_sae(tmp_path)
+        load_sae(tmp_path)  # empty weights
+    make_sae(8, HOOK0).save_model(tmp_path)
+    (tmp_path / "cfg.json").write_text('{"d_in": 8}')
+    with pytest.raises(SAELoadError, match="cannot read them"):
+        load_sae(tmp_path)  # config without an architecture
 
 
 def test_unknown_string(tmp_path):
@@ -161,6 +165,12 @@ def test_registry_release_offline(monkeypatch):
         load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
     with pytest.raises(SAELoadError, match="unreachable"):
         load_sae(("gpt2-small-res-jb", "blocks.8.hook_resid_pre"))
+
+
+def test_registry_release_not_cached_with_hub_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # conftest's default: huggingface_hub answers from its cache only
+    with pytest.raises(SAELoadError, match=r"cannot load SAE gpt2-small-res-jb/blocks\.8\.hook_resid_pre from the hub"):
+        load_sae("gpt2-small-res-jb/blocks.8.hook_resid_pre")
 
 
 def test_default_saes_unknown_model_is_empty():
@@ -316,8 +326,10 @@ def test_tiny_train_sae_gives_loadable_folder_with_card(tmp_path, tiny_hooked, t
         "explained_variance", "explained_variance_massive_masked", "massive_dims", "l0", "dead_fraction", "tokens"
     }  # fmt: skip
     assert 0 < saved["heldout"]["l0"] < 16
-    with pytest.warns(UserWarning, match="float16"):  # saved in float16, upcast when matched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # saved in float16, loaded in float32: nothing to warn about
         loaded = match_saes(tmp_path / "sae", tiny_hooked.model, [HOOK1])[HOOK1]
+    assert loaded.dtype == torch.float32
     assert loaded.cfg.architecture() == "jumprelu" and loaded.cfg.d_sae == 16  # BatchTopK is saved as JumpReLU
     x = torch.randn(3, tiny_hooked.d_model)
     with torch.no_grad():  # the SAE returned is already rounded to the saved float16: it is the one on disk
@@ -335,6 +347,19 @@ def test_training_other_architectures(tiny_hooked, architecture):
     assert sae.cfg.architecture() == architecture and card["tokens_seen"] == 64
     if architecture == "topk":
         assert card["heldout"]["l0"] == 3
+
+
+def test_one_cache_feeds_several_hooks(tmp_path, tiny_hooked):
+    texts = ["The quick brown fox jumps over the lazy dog."] * 30
+    out = train_saes(
+        tiny_hooked, ["blocks.*.hook_resid_post"], texts, d_sae=16, k=3, cache_tokens=300, seq_len=16,
+        batch_size=32, training_tokens=64, out_dir=tmp_path, progress=False,
+    )  # fmt: skip
+    assert list(out) == [HOOK0, HOOK1]
+    for hook, (_, card) in out.items():
+        assert (tmp_path / hook / "cfg.json").is_file() and card["hook"] == hook
+        assert card["cache_tokens"] == out[HOOK0][1]["cache_tokens"]  # the same windows for every hook
+    assert match_saes(tmp_path / HOOK0, tiny_hooked.model, [HOOK0, HOOK1]).keys() == {HOOK0}
 
 
 def test_training_needs_enough_text(tiny_hooked):

@@ -26,6 +26,7 @@ import torch
 from sae_lens import SAE
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+from safetensors import SafetensorError
 
 from fer_diag.capture import available_hooks, hook_layer
 
@@ -44,7 +45,10 @@ class SAEMatchError(ValueError):
 
 
 def load_sae(spec: SAESpec, device: str = "cpu") -> SAE:
-    """One SAE from an object, a sae-lens folder, or a registry ``release/sae_id`` (or ``(release, sae_id)``)."""
+    """One SAE from an object (returned as is), a sae-lens folder, or a registry ``release/sae_id``.
+
+    ``(release, sae_id)`` tuples work too. Loaded SAEs come on ``device`` in float32.
+    """
     if isinstance(spec, SAE):
         return spec
     if isinstance(spec, tuple):
@@ -62,7 +66,7 @@ def load_sae(spec: SAESpec, device: str = "cpu") -> SAE:
 
 
 def load_sae_folder(path: str | Path, device: str = "cpu") -> SAE:
-    """``SAE.load_from_disk`` with a clear error when the folder is not in sae-lens format."""
+    """``SAE.load_from_disk`` (float32) with a clear error when the folder is not in sae-lens format."""
     path = Path(path)
     missing = [f for f in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (path / f).is_file()]
     if missing:
@@ -71,8 +75,8 @@ def load_sae_folder(path: str | Path, device: str = "cpu") -> SAE:
             "Save an SAE with sae.save_model(folder) (sae-lens) to get cfg.json + sae_weights.safetensors."
         )
     try:
-        return SAE.load_from_disk(path, device=device)
-    except (KeyError, ValueError, TypeError) as e:
+        return SAE.load_from_disk(path, device=device, dtype="float32")
+    except (KeyError, ValueError, TypeError, SafetensorError) as e:
         raise SAELoadError(
             f"folder {str(path)!r} has {SAE_CFG_FILENAME} and {SAE_WEIGHTS_FILENAME} but sae-lens cannot read them "
             f"({type(e).__name__}: {e}). Re-save the SAE with sae.save_model(folder) from sae-lens 6."
@@ -97,7 +101,7 @@ def _from_registry(release: str, sae_id: str, device: str = "cpu") -> SAE:
     if not offline and not _hub_reachable():
         raise SAELoadError(f"cannot load SAE {release}/{sae_id}: the Hugging Face hub is unreachable. {fix}.")
     try:
-        return SAE.from_pretrained(release, sae_id, device=device)
+        return SAE.from_pretrained(release, sae_id, device=device, dtype="float32")
     except OSError as e:  # huggingface_hub's not-found / offline errors are OSErrors
         raise SAELoadError(f"cannot load SAE {release}/{sae_id} from the hub ({e}). {fix}.") from e
 
@@ -143,9 +147,9 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
     """Load ``saes`` and key each by the captured hook it reads (a name in ``hooks``).
 
     ``saes``: one SAE spec (object, folder, ``release/sae_id``), a list of them,
-    or a dict ``{hook: spec}`` whose keys override ``metadata.hook_name``. The SAEs
-    are moved to the model's device in float32 (a warning says so when that
-    changes them). Raises :class:`SAEMatchError` for an SAE without a hook name,
+    or a dict ``{hook: spec}`` whose keys override ``metadata.hook_name``. SAEs are
+    loaded on the model's device in float32; an SAE object elsewhere is moved
+    there in place, with a warning saying so. Raises :class:`SAEMatchError` for an SAE without a hook name,
     a hook the model lacks, a hook not among ``hooks``, two SAEs for one hook, or
     ``d_in`` ≠ the hook's width.
     """
@@ -216,6 +220,6 @@ def default_saes(model_name: str = "smollm2-135m", device: str = "cpu") -> dict[
         return {}
     out = {}
     for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (hook_layer(p.name) or 0, p.name)):
-        sae = load_sae_folder(folder, device=device).to(dtype=torch.float32)
+        sae = load_sae_folder(folder, device=device)
         out[sae.cfg.metadata.hook_name] = sae.eval()
     return out
