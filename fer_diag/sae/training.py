@@ -63,8 +63,8 @@ class SAETrainingConfig:
 
     architecture: str = "batchtopk"
     d_sae: int = 2304
-    k: int = 60
-    training_tokens: int = 1_228_800
+    k: int = 56
+    training_tokens: int = 2_457_600
     cache_tokens: int = 250_000
     seq_len: int = 128
     batch_size: int = 1024
