@@ -213,9 +213,10 @@ class Audit:
             if not (self.config.default_saes and loaded.spec is not None):
                 return {}
             found = default_saes(loaded.name)
-            if self.config.hooks is None:  # default hooks follow the default SAEs
-                return found
-            return {h: s for h, s in found.items() if h in hooks}
+            if self.config.hooks is not None:
+                found = {h: s for h, s in found.items() if h in hooks}
+            # through match_saes: width check and device move, as for user SAEs
+            return match_saes(found, loaded.model, list(found)) if found else {}
         return match_saes(self.saes_arg, loaded.model, hooks)
 
     def _analyzers(self, hooks: list[str], massive_dims: dict[str, list[int]], saes: dict) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class Audit:
             from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
             from fer_diag.analyzers.shifted_latents import ShiftedLatentsAnalyzer
 
-            analyzers["sae_fidelity"] = SAEFidelityAnalyzer(saes)
+            analyzers["sae_fidelity"] = SAEFidelityAnalyzer(saes, massive_dims=massive_dims)
             analyzers["shifted_latents"] = ShiftedLatentsAnalyzer()
         return analyzers
 

@@ -25,6 +25,15 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def _sae_defaults():
+    from fer_diag.sae.training import SAETrainingConfig
+
+    return SAETrainingConfig()
+
+
+SAE_DEFAULTS = _sae_defaults()  # train-sae defaults = the shipped recipe
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -175,13 +184,13 @@ def train_sae(
         list[Path] | None, typer.Option(help="training text file(s); default: the English-fortune training split")
     ] = None,
     architecture: Annotated[str, typer.Option(help="sae-lens architecture: topk, batchtopk, standard, jumprelu")] = (
-        "topk"
+        SAE_DEFAULTS.architecture
     ),
-    d_sae: Annotated[int, typer.Option()] = 2304,
-    k: Annotated[int, typer.Option(help="active latents (topk / batchtopk)")] = 32,
-    training_tokens: Annotated[int, typer.Option()] = 2_000_000,
+    d_sae: Annotated[int, typer.Option()] = SAE_DEFAULTS.d_sae,
+    k: Annotated[int, typer.Option(help="active latents (topk / batchtopk)")] = SAE_DEFAULTS.k,
+    training_tokens: Annotated[int, typer.Option()] = SAE_DEFAULTS.training_tokens,
     cache_tokens: Annotated[int, typer.Option(help="activations captured once, then trained on for several epochs")] = (
-        250_000
+        SAE_DEFAULTS.cache_tokens
     ),
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
