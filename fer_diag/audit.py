@@ -293,7 +293,8 @@ class Audit:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({"fingerprint": fingerprint, "done": sorted(done), "analyzers": analyzers}, tmp)
+        states = {name: a.state_dict() for name, a in analyzers.items()}
+        torch.save({"fingerprint": fingerprint, "done": sorted(done), "analyzers": states}, tmp)
         tmp.replace(path)  # atomic: a crash mid-write never leaves a broken checkpoint
 
     def _load_partial(self, fingerprint: str, analyzers: dict) -> set[str]:
@@ -303,7 +304,8 @@ class Audit:
         state = torch.load(path, weights_only=False)
         if state.get("fingerprint") != fingerprint:
             return set()  # different settings: start over (the old checkpoint is overwritten)
-        analyzers.update(state["analyzers"])
+        for name, analyzer_state in state["analyzers"].items():
+            analyzers[name].load_state_dict(analyzer_state)
         return set(state["done"])
 
     def _clear_partial(self) -> None:

@@ -5,6 +5,8 @@ import random
 
 import pytest
 
+from sae_factory import make_sae
+
 from fer_diag.audit import Audit, AuditConfig, default_hooks
 from fer_diag.data.suite import SetKind, Suite, TextSet
 from fer_diag.report.schema import Report
@@ -100,8 +102,17 @@ def test_report_numbers_come_from_the_analyzers(report_dir):
     assert f"{hoyer:.3f}" in md  # the Markdown shows the JSON's number
 
 
-def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeypatch, report_dir):
+@pytest.mark.parametrize("with_sae", [False, True])
+def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeypatch, with_sae):
     import fer_diag.audit as audit_mod
+
+    saes = {"blocks.1.hook_resid_post": make_sae(tiny_hooked.d_model, "blocks.1.hook_resid_post")} if with_sae else None
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "ce_windows": 2})
+
+    def audit(out_dir=None):
+        return Audit(
+            tiny_hooked, hooks=["blocks.*.hook_resid_post"], saes=saes, suite=_suite(), config=cfg, out_dir=out_dir
+        )
 
     calls = {"n": 0}
     original = audit_mod.SparsityAnalyzer.update
@@ -112,20 +123,20 @@ def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeyp
             raise KeyboardInterrupt
         original(self, batch)
 
-    cfg = CONFIG.model_copy(update={"random_init_control": False})
     monkeypatch.setattr(audit_mod.SparsityAnalyzer, "update", flaky)
     with pytest.raises(KeyboardInterrupt):
-        Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, out_dir=tmp_path).run()
+        audit(tmp_path).run()
     assert calls["n"] == 1
     assert (tmp_path / ".partial" / "state.pt").exists()
     monkeypatch.setattr(audit_mod.SparsityAnalyzer, "update", original)
-    resumed = Audit(tiny_hooked, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, out_dir=tmp_path).run()
+    resumed = audit(tmp_path).run()
     assert sorted(resumed.run.resumed_sets) == ["id", "noise"]
     assert not (tmp_path / ".partial").exists()
-    full = Report.from_json(report_dir / "report.json")
-    assert json.dumps(resumed.sparsity["profiles"], sort_keys=True) == json.dumps(
-        full.sparsity["profiles"], sort_keys=True
-    )
+    full = audit().run()
+    for section in ("sparsity", "sae_fidelity"):
+        assert json.dumps(getattr(resumed, section), sort_keys=True) == json.dumps(getattr(full, section), sort_keys=True)
+    if with_sae:
+        assert set(resumed.sae_fidelity["hooks"]["blocks.1.hook_resid_post"]["sets"]) == {"id", "noise", "g0", "g1"}
 
 
 def test_bridge_and_hooked_audits_agree(tiny_hooked, tiny_bridge):

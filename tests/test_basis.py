@@ -7,6 +7,8 @@ import torch
 from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from sae_factory import make_sae
+
 from fer_diag.basis import CESums, RawBasis, SAEBasis
 from fer_diag.capture import Capture
 from fer_diag.data.suite import SetKind, TextSet, Windows
@@ -14,13 +16,6 @@ from fer_diag.data.suite import SetKind, TextSet, Windows
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
 
-
-def make_sae(d_in: int, hook: str, d_sae: int = 48, cfg_cls=StandardSAEConfig, seed: int = 0, **kw) -> SAE:
-    torch.manual_seed(seed)
-    sae = SAE.from_dict(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook), **kw).to_dict())
-    with torch.no_grad():
-        sae.b_enc.normal_(0, 0.1)
-    return sae.eval()
 
 
 def exact_sae(d_in: int, hook: str) -> SAE:

@@ -18,6 +18,8 @@ from sae_lens.saes.sae import SAEMetadata
 
 from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
 from fer_diag.analyzers.shifted_latents import ShiftedLatentsAnalyzer
+from sae_factory import make_sae
+
 from fer_diag.basis import CESums, SAEBasis
 from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import SetKind, TextSet, Windows
@@ -28,14 +30,6 @@ from fer_diag.sae.training import CARD_FILENAME, train_sae, train_saes
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
 
-
-def make_sae(d_in: int, hook: str | None, d_sae: int = 48, cfg_cls=StandardSAEConfig, seed: int = 0, **kw) -> SAE:
-    torch.manual_seed(seed)
-    cfg = cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name=hook), **kw)
-    sae = SAE.from_dict(cfg.to_dict())
-    with torch.no_grad():
-        (sae.b_enc if sae.b_enc is not None else sae.b_gate).normal_(0, 0.1)
-    return sae.eval()
 
 
 def windows(n: int, seq: int, vocab: int, seed: int = 0, name: str = "w") -> Windows:

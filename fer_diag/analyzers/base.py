@@ -21,6 +21,8 @@ class Analyzer(ABC):
 
     #: key of this analyzer's section in the report
     name: str = ""
+    #: attributes that are handles to live objects (SAEs, models), rebuilt by ``__init__``, never checkpointed
+    handles: tuple[str, ...] = ()
 
     @abstractmethod
     def update(self, batch: ActivationBatch) -> None:
@@ -33,6 +35,14 @@ class Analyzer(ABC):
     @abstractmethod
     def compute(self) -> Any:
         """Return the result (pydantic model or JSON-ready dict)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters and accumulated statistics, picklable (for the audit's checkpoints)."""
+        return {k: v for k, v in vars(self).items() if k not in self.handles}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned onto an analyzer built with the same parameters."""
+        vars(self).update(state)
 
     def _check_mergeable(self, other: Analyzer) -> None:
         if type(other) is not type(self):

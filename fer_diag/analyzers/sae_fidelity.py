@@ -101,6 +101,7 @@ class SAEFidelityAnalyzer(Analyzer):
     """
 
     name = "sae_fidelity"
+    handles = ("basis",)
 
     def __init__(self, saes: dict[str, SAE], massive_dims: dict[str, list[int]] | None = None) -> None:
         self.basis = SAEBasis(saes)
