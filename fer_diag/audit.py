@@ -112,9 +112,7 @@ class Audit:
     def _load(self) -> LoadedModel:
         if isinstance(self.model_arg, LoadedModel):
             return self.model_arg
-        return load_model(
-            self.model_arg, tokenizer=self.tokenizer, bridge=self.bridge, device=self.config.device
-        )
+        return load_model(self.model_arg, tokenizer=self.tokenizer, bridge=self.bridge, device=self.config.device)
 
     def _build_suite(self, loaded: LoadedModel) -> Suite:
         from fer_diag.data import suite as suite_mod

@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-
 from sae_factory import make_sae
 
 from fer_diag.audit import Audit, AuditConfig, default_hooks
@@ -134,7 +133,9 @@ def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeyp
     assert not (tmp_path / ".partial").exists()
     full = audit().run()
     for section in ("sparsity", "sae_fidelity"):
-        assert json.dumps(getattr(resumed, section), sort_keys=True) == json.dumps(getattr(full, section), sort_keys=True)
+        assert json.dumps(getattr(resumed, section), sort_keys=True) == json.dumps(
+            getattr(full, section), sort_keys=True
+        )
     if with_sae:
         assert set(resumed.sae_fidelity["hooks"]["blocks.1.hook_resid_post"]["sets"]) == {"id", "noise", "g0", "g1"}
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
-from sae_lens.saes.sae import SAEMetadata
-
 from sae_factory import make_sae
+from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
 
 from fer_diag.basis import CESums, RawBasis, SAEBasis
 from fer_diag.capture import Capture
@@ -15,7 +13,6 @@ from fer_diag.data.suite import SetKind, TextSet, Windows
 
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
-
 
 
 def exact_sae(d_in: int, hook: str) -> SAE:

@@ -7,19 +7,16 @@ import warnings
 
 import pytest
 import torch
+from sae_factory import make_sae
 from sae_lens import (
-    SAE,
     GatedSAEConfig,
     JumpReLUSAEConfig,
     StandardSAEConfig,
     TopKSAEConfig,
 )
-from sae_lens.saes.sae import SAEMetadata
 
 from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
 from fer_diag.analyzers.shifted_latents import ShiftedLatentsAnalyzer
-from sae_factory import make_sae
-
 from fer_diag.basis import CESums, SAEBasis
 from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import SetKind, TextSet, Windows
@@ -29,7 +26,6 @@ from fer_diag.sae.training import CARD_FILENAME, train_sae, train_saes
 
 HOOK0 = "blocks.0.hook_resid_post"
 HOOK1 = "blocks.1.hook_resid_post"
-
 
 
 def windows(n: int, seq: int, vocab: int, seed: int = 0, name: str = "w") -> Windows:
