@@ -52,6 +52,7 @@ audit: setup
 	$(BIN)/fer-diag audit --out $(OUT)
 
 test: setup
+	$(BIN)/ruff check fer_diag tests examples
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
