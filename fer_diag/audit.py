@@ -26,7 +26,7 @@ from fer_diag.analyzers.familiarity import FamiliarityAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer, massive_dims, scaffold_intervention
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import ActivationBatch, Capture, hook_layer, resolve_hooks
-from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
+from fer_diag.data.suite import SetKind, Suite, TextSet, Windows, tokenize_windows
 from fer_diag.models import LoadedModel, load_model
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
 
@@ -47,9 +47,12 @@ class AuditConfig(BaseModel):
     device: str = "cpu"
     need_logits: bool = Field(True, description="run the full model for the NLL / entropy / max-prob baselines")
     random_init_control: bool = Field(True, description="also measure a randomly initialised copy of the model")
-    control_sets: int = Field(4, ge=1, description="text sets measured in the random-init control, ID first")
+    control_sets: int = Field(
+        3, ge=1, description="text sets in the random-init control: ID, first shifted set, farthest graded level…"
+    )
+    control_seqs: int = Field(32, ge=1, description="windows per text set in the random-init control")
     default_saes: bool = Field(True, description="use the shipped SAEs of zoo models when no SAE is given")
-    ce_windows: int = Field(8, ge=0, description="windows per set for the SAE CE-loss score (spliced forward)")
+    ce_windows: int = Field(4, ge=0, description="windows per set for the SAE CE-loss score (spliced forward)")
     n_boot: int = Field(500, ge=0, description="bootstrap resamples for confidence intervals")
     massive_abs: float = Field(100.0, description="massive activation: |h| above this (Sun et al. 2024)")
     massive_ratio: float = Field(1000.0, description="… and at least this × the layer's median |h|")
@@ -260,6 +263,7 @@ class Audit:
                 batches = capture.batches(w, text_set)
                 if text_set.name == suite.reference.name:
                     batches = chain([first], capture.batches(w, text_set, start=len(first.seq_index)))
+                ce_left = self.config.ce_windows
                 for batch in batches:
                     for name in ("sparsity", "massive", "familiarity"):
                         analyzers[name].update(batch)
@@ -268,18 +272,24 @@ class Audit:
                         analyzers["sparsity"].update(latents)
                         analyzers["shifted_latents"].update(latents)
                         analyzers["sae_fidelity"].update(batch, latents)
+                        if ce_left > 0:
+                            ce_left -= self._ce_splice(capture.model, basis, batch, ce_left, analyzers["sae_fidelity"])
                     if bar:
                         bar.advance(sub, len(batch.seq_index))
-                if basis is not None and self.config.ce_windows:
-                    t = time.perf_counter()
-                    sums = basis.ce_sums(capture.model, w, self.config.ce_windows, self.config.batch_size)
-                    analyzers["sae_fidelity"].update_ce(text_set.name, sums)
-                    self.seconds["sae_ce_splice"] = self.seconds.get("sae_ce_splice", 0.0) + time.perf_counter() - t
                 done.add(text_set.name)
                 self._save_partial(fingerprint, analyzers, done)
                 if bar:
                     bar.remove_task(sub)
                     bar.advance(task)
+
+    def _ce_splice(self, model, basis, batch: ActivationBatch, n_max: int, fidelity) -> int:
+        """CE-loss sums of the SAEs on the batch's first ``n_max`` windows; returns how many it used."""
+        t = time.perf_counter()
+        n = min(n_max, len(batch.seq_index))
+        clean = None if batch.token_nll is None else batch.token_nll[:n]
+        fidelity.update_ce(batch.set_name, basis.ce_sums(model, batch.tokens[:n], batch.mask[:n], clean))
+        self.seconds["sae_ce_splice"] = self.seconds.get("sae_ce_splice", 0.0) + time.perf_counter() - t
+        return n
 
     # ------------------------------------------------------------ checkpoints
     def _partial_path(self) -> Path | None:
@@ -346,12 +356,14 @@ class Audit:
             source, tokenizer=loaded.tokenizer, bridge=self.bridge, random_init=True, seed=c.seed, device=c.device
         )
         capture = Capture(rand.model, hooks, batch_size=c.batch_size, need_logits=False)
-        sets = [suite.reference, *[s for s in suite if s.kind is not SetKind.IN_DISTRIBUTION][: c.control_sets - 1]]
-        sparsity = SparsityAnalyzer(massive_dims={}, max_seqs_per_set=c.max_seqs)
+        sets = _control_sets(suite, c.control_sets)
+        sparsity = SparsityAnalyzer(massive_dims={}, max_seqs_per_set=c.control_seqs)
+        control_windows = {s.name: windows[s.name].head(c.control_seqs) for s in sets}
         with self._progress() as bar:
-            task = bar.add_task("random-init control", total=sum(len(windows[s.name]) for s in sets)) if bar else None
+            total = sum(len(w) for w in control_windows.values())
+            task = bar.add_task("random-init control", total=total) if bar else None
             for s in sets:
-                for batch in capture.batches(windows[s.name], s):
+                for batch in capture.batches(control_windows[s.name], s):
                     sparsity.update(batch)
                     if bar:
                         bar.advance(task, len(batch.seq_index))
@@ -421,3 +433,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _control_sets(suite: Suite, n: int) -> list[TextSet]:
+    """The reference, then the first shifted set, the farthest level of each graded axis, then the rest in order."""
+    shifted = [s for s in suite if s.kind is SetKind.SHIFTED]
+    farthest = [suite.axis(a)[-1] for a in suite.axes]
+    order = {s.name: s for s in [suite.reference, *shifted[:1], *farthest, *suite]}  # first mention wins
+    return list(order.values())[:n]

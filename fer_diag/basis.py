@@ -18,7 +18,6 @@ import torch
 from sae_lens import SAE
 
 from fer_diag.capture import ActivationBatch
-from fer_diag.data.suite import Windows
 
 
 class RawBasis:
@@ -84,26 +83,32 @@ class SAEBasis:
         return batch.with_acts({h: self.encode(h, a) for h, a in batch.acts.items() if h in self.saes}, self.name)
 
     @torch.inference_mode()
-    def ce_sums(self, model, windows: Windows, max_windows: int, batch_size: int = 8) -> dict[str, CESums]:
-        """CE-loss sums per hook over the first ``max_windows`` windows (whole model, 1 + 2 × hooks passes a batch).
+    def ce_sums(
+        self, model, tokens: torch.Tensor, mask: torch.Tensor, clean_nll: torch.Tensor | None = None
+    ) -> dict[str, CESums]:
+        """CE-loss sums per hook over one batch of windows ``tokens`` ``[b, t]`` with counted positions ``mask``.
 
-        The reconstruction (and the zero-ablation) replaces the hook's vector at the
-        counted positions only: position 0 / BOS keeps its own vector, as in every
-        other statistic here (the SAEs are not trained on it, and it carries the
-        massive activations). NLL is summed over predictions of counted tokens.
+        Runs the whole model twice per hook (reconstruction spliced in, hook
+        zero-ablated), plus once clean unless ``clean_nll`` — the clean run's
+        per-token NLL as :func:`fer_diag.capture.token_readouts` gives it — is
+        passed. The reconstruction (and the zero-ablation) replaces the hook's
+        vector at the counted positions only: position 0 / BOS keeps its own
+        vector, as in every other statistic here (the SAEs are not trained on it,
+        and it carries the massive activations). NLL is summed over predictions
+        of counted tokens.
         """
         device = next(model.parameters()).device
-        out = {h: CESums() for h in self.saes}
-        n = min(max_windows, len(windows))
-        for lo in range(0, n, batch_size):
-            tokens = windows.tokens[lo : min(lo + batch_size, n)].to(device)
-            mask = windows.mask[lo : min(lo + batch_size, n)].to(device)
-            count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
+        tokens, mask = tokens.to(device), mask.to(device)
+        count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
+        if clean_nll is None:
             clean = _nll(model, tokens, count, [])
-            for hook, sae in self.saes.items():
-                spliced = _nll(model, tokens, count, [(hook, _splice(mask, partial(_recon, sae)))])
-                ablated = _nll(model, tokens, count, [(hook, _splice(mask, torch.zeros_like))])
-                out[hook] += CESums(clean, spliced, ablated, int(count.sum()))
+        else:
+            clean = float(clean_nll[:, 1:][count.cpu()].double().sum())
+        out = {}
+        for hook, sae in self.saes.items():
+            spliced = _nll(model, tokens, count, [(hook, _splice(mask, partial(_recon, sae)))])
+            ablated = _nll(model, tokens, count, [(hook, _splice(mask, torch.zeros_like))])
+            out[hook] = CESums(clean, spliced, ablated, int(count.sum()))
         return out
 
 

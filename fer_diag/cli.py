@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fer_diag.sae.recipe import SAETrainingConfig
+
 app = typer.Typer(
     name="fer-diag",
     help="Is a sparsity-as-familiarity signal trustworthy in this model? Audits over TransformerLens hooks.",
@@ -26,13 +28,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _sae_defaults():
-    from fer_diag.sae.training import SAETrainingConfig
-
-    return SAETrainingConfig()
-
-
-SAE_DEFAULTS = _sae_defaults()  # train-sae defaults = the shipped recipe
+SAE_DEFAULTS = SAETrainingConfig()  # train-sae defaults = the shipped recipe
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -67,7 +63,7 @@ def audit(
     batch_size: Annotated[int, typer.Option()] = 8,
     bridge: Annotated[bool, typer.Option(help="wrap the model as a TransformerBridge")] = False,
     control: Annotated[bool, typer.Option(help="also audit a randomly initialised copy (learned vs intrinsic)")] = True,
-    ce_windows: Annotated[int, typer.Option(help="windows per set for the SAE CE-loss score (0: skip)")] = 8,
+    ce_windows: Annotated[int, typer.Option(help="windows per set for the SAE CE-loss score (0: skip)")] = 4,
     resume: Annotated[bool, typer.Option(help="reuse text sets finished by an interrupted run in --out")] = True,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report to stdout")] = False,
@@ -197,7 +193,7 @@ def train_sae(
     """Train SAEs offline with sae-lens's trainer; saves sae-lens folders plus a card.json (EV, L0, dead fraction)."""
     from fer_diag.data.sources import english_fortunes, read_texts
     from fer_diag.models import load_model
-    from fer_diag.sae.training import SAETrainingConfig, sae_dir_name, train_saes
+    from fer_diag.sae.training import sae_dir_name, train_saes
 
     try:
         loaded = load_model(model)

@@ -106,7 +106,7 @@ def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeyp
     import fer_diag.audit as audit_mod
 
     saes = {"blocks.1.hook_resid_post": make_sae(tiny_hooked.d_model, "blocks.1.hook_resid_post")} if with_sae else None
-    cfg = CONFIG.model_copy(update={"random_init_control": False, "ce_windows": 2})
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "ce_windows": 5})  # CE over 2 batches of 4
 
     def audit(out_dir=None):
         return Audit(
@@ -137,7 +137,10 @@ def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeyp
             getattr(full, section), sort_keys=True
         )
     if with_sae:
-        assert set(resumed.sae_fidelity["hooks"]["blocks.1.hook_resid_post"]["sets"]) == {"id", "noise", "g0", "g1"}
+        sets = resumed.sae_fidelity["hooks"]["blocks.1.hook_resid_post"]["sets"]
+        assert set(sets) == {"id", "noise", "g0", "g1"}
+        mask = audit()._windows(tiny_hooked, _suite())["id"].mask
+        assert sets["id"]["ce_tokens"] == int(mask[:5, 1:].sum())  # predictions of counted tokens, 5 windows
 
 
 def test_bridge_and_hooked_audits_agree(tiny_hooked, tiny_bridge):

@@ -8,7 +8,7 @@ from sae_factory import make_sae
 from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
 
 from fer_diag.basis import CESums, RawBasis, SAEBasis
-from fer_diag.capture import Capture
+from fer_diag.capture import Capture, token_readouts
 from fer_diag.data.suite import SetKind, TextSet, Windows
 
 HOOK0 = "blocks.0.hook_resid_post"
@@ -78,7 +78,8 @@ def test_sae_basis_reads_latents_like_sae_lens(batch, model, cfg_cls, kw):
 def test_ce_sums_known_answers(model):
     d = model.cfg.d_model
     w = windows(5, 10, model.cfg.d_vocab, seed=1)
-    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w, 4, batch_size=3)
+    basis = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)})
+    sums = basis.ce_sums(model, w.tokens[:4], w.mask[:4])
     exact, zero = sums[HOOK0], sums[HOOK1]
     assert exact.tokens == zero.tokens == 4 * 9
     with torch.no_grad():
@@ -88,12 +89,18 @@ def test_ce_sums_known_answers(model):
     assert zero.sae == pytest.approx(zero.ablated, rel=1e-6)  # reconstruction 0 == zero-ablation
     assert zero.score() == pytest.approx(0.0, abs=1e-6)
     assert zero.ablated != pytest.approx(zero.clean)  # the splice changed the forward pass
+    with torch.no_grad():
+        clean_nll, _, _ = token_readouts(model(w.tokens[:4]), w.tokens[:4])
+    reused = basis.ce_sums(model, w.tokens[:4], w.mask[:4], clean_nll=clean_nll)  # the capture's clean NLL
+    for hook in sums:
+        assert reused[hook].clean == pytest.approx(sums[hook].clean, rel=1e-6)
+        assert (reused[hook].sae, reused[hook].ablated) == (sums[hook].sae, sums[hook].ablated)
 
 
 def test_ce_splice_leaves_position_zero_alone(model):
     d = model.cfg.d_model
     w = windows(3, 2, model.cfg.d_vocab, seed=2)  # BOS-like position 0 + one counted token
-    sums = SAEBasis({HOOK0: zero_sae(d, HOOK0)}).ce_sums(model, w, 3)[HOOK0]
+    sums = SAEBasis({HOOK0: zero_sae(d, HOOK0)}).ce_sums(model, w.tokens, w.mask)[HOOK0]
     # token 1 is predicted from position 0 alone, which is never replaced: all three CEs agree
     assert sums.tokens == 3
     assert sums.sae == pytest.approx(sums.clean, rel=1e-6)
@@ -113,6 +120,6 @@ def test_ce_sums_on_a_bridge_through_an_alias(tiny_bridge):
     model = tiny_bridge.model
     d = model.cfg.d_model
     w = windows(3, 8, model.cfg.d_vocab, seed=3)
-    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w, 3)
+    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w.tokens, w.mask)
     assert sums[HOOK0].score() == pytest.approx(1.0, abs=1e-4)
     assert sums[HOOK1].score() == pytest.approx(0.0, abs=1e-6)

@@ -232,20 +232,20 @@ def test_random_tokens_avoid_specials(tok) -> None:
     assert ids == shifts.random_tokens(tok, n=50, length=20, seed=0) != shifts.random_tokens(tok, 50, 20, seed=1)
 
 
-def test_graded_sets_axes_and_levels(tok) -> None:
+def test_graded_sets_one_ordered_axis(tok) -> None:
     sets = shifts.graded_sets([TEXT, TEXT[:100]], tok, seed=0, length=9, vocabulary=["zebra"])
     by_name = {s.name: s for s in sets}
-    assert [(s.name, s.level) for s in sets if s.axis == "char_noise"] == [
-        ("char_noise_00", 0.0), ("char_noise_05", 0.05), ("char_noise_10", 0.10),
-        ("char_noise_20", 0.20), ("char_noise_40", 0.40),
+    assert [(s.name, s.level) for s in sets] == [
+        ("shift_0_clean", 0), ("shift_1_char_noise_05", 1), ("shift_2_char_noise_10", 2),
+        ("shift_3_char_noise_20", 3), ("shift_4_char_noise_40", 4), ("shift_5_word_shuffle", 5),
+        ("shift_6_word_salad", 6), ("shift_7_random_tokens", 7),
     ]  # fmt: skip
-    assert [(s.name, s.level) for s in sets if s.axis == "shift"] == list(shifts.SHIFT_LEVELS.items())
-    assert all(s.kind is SetKind.GRADED for s in sets)
-    assert by_name["shift_1_char_noise_10"].texts == by_name["char_noise_10"].texts
+    assert all(s.kind is SetKind.GRADED and s.axis == shifts.SHIFT_AXIS for s in sets)
     assert by_name["shift_0_clean"].texts == [TEXT, TEXT[:100]]
-    assert [len(r) for r in by_name["shift_4_random_tokens"].token_ids] == [9, 9]
+    assert by_name["shift_2_char_noise_10"].texts == shifts.char_noise([TEXT, TEXT[:100]], 0.10, seed=0)
+    assert [len(r) for r in by_name["shift_7_random_tokens"].token_ids] == [9, 9]
     no_salad = shifts.graded_sets([TEXT], tok, vocabulary=[])
-    assert "shift_3_word_salad" not in {s.name for s in no_salad}
+    assert [s.level for s in no_salad] == [0, 1, 2, 3, 4, 5, 7]
 
 
 # -------------------------------------------------------------- windows
@@ -298,10 +298,10 @@ def test_default_suite_skips_missing_with_install_command(
     skipped = " | ".join(suite.skipped)
     for cmd in ("fortunes-es", "fortunes-it", "fortunes-pl", "fortunes-ru", "iso-codes", "wamerican"):
         assert f"sudo apt-get install {cmd}" in skipped
-    assert {"fortunes_de", "fortunes_zh"} <= set(suite.names) and "shift_3_word_salad" not in suite.names
+    assert {"fortunes_de", "fortunes_zh"} <= set(suite.names) and "shift_6_word_salad" not in suite.names
     assert suite.reference.name == "fortunes_en" and len(suite.reference) == 4
-    assert suite.axes == ["char_noise", "shift"]
-    assert [s.level for s in suite.axis("shift")] == [0, 1, 2, 4]
+    assert suite.axes == ["shift"]
+    assert [s.level for s in suite.axis("shift")] == [0, 1, 2, 3, 4, 5, 7]
     with pytest.raises(sources.MissingCorpusError, match="fortunes-es"):
         default_suite(tok, n_per_set=4, on_missing="raise")
 
@@ -314,9 +314,9 @@ def test_suite_from_files(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch) 
     assert suite.names[:3] == ["mine", "other", "other_2"]
     assert suite.reference.texts == ["the cat sat on a mat", "the dog ran far away"]
     assert suite["other"].kind is SetKind.SHIFTED and suite["other"].texts == ["from home far away"]
-    salad = suite["shift_3_word_salad"].texts
+    salad = suite["shift_6_word_salad"].texts
     assert {w for t in salad for w in t.split()} <= {"zebra", "quartz"}  # possessives dropped
-    assert all(len(r) == 7 for r in suite["shift_4_random_tokens"].token_ids)
+    assert all(len(r) == 7 for r in suite["shift_7_random_tokens"].token_ids)
     assert suite_from_files(id_path, ood_path, graded=False).names == ["mine", "other"]
     with pytest.raises(ValueError, match="need the tokenizer"):
         suite_from_files(id_path, ood_path)
@@ -338,7 +338,7 @@ def test_default_suite_on_installed_corpora(real_suite, tok) -> None:
     shifted = {s.name for s in suite if s.kind is SetKind.SHIFTED}
     assert shifted == expected_shifted - {s.split(":")[0] for s in suite.skipped}
     assert suite.reference.name == "fortunes_en" and len(suite.reference) == 32
-    assert [s.name for s in suite.axis("char_noise")] == [f"char_noise_{p:02d}" for p in (0, 5, 10, 20, 40)]
+    assert [s.name for s in suite.axis("shift")] == list(shifts.SHIFT_LEVELS)
     assert len(set(suite.names)) == len(suite.names)
     for s in suite:
         assert len(tokenize_windows(s, tok, seq_len=64, min_tokens=8, bos_token_id=1)) > 0, s.name
@@ -351,4 +351,3 @@ def test_default_suite_id_disjoint_from_training(real_suite) -> None:
     heldout = set(sources.english_fortunes(split="heldout"))
     assert train and id_texts <= heldout and graded_src <= heldout
     assert not id_texts & set(train) and not id_texts & graded_src
-    assert real_suite["char_noise_00"].texts == real_suite["shift_0_clean"].texts

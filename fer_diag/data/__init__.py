@@ -2,6 +2,7 @@
 
 from fer_diag.data.shifts import (
     CHAR_NOISE_LEVELS,
+    SHIFT_AXIS,
     SHIFT_LEVELS,
     char_noise,
     graded_sets,
@@ -40,6 +41,7 @@ from fer_diag.data.suite import (
 
 __all__ = [
     "CHAR_NOISE_LEVELS",
+    "SHIFT_AXIS",
     "SHIFT_LEVELS",
     "SOURCES",
     "MissingCorpusError",

@@ -4,22 +4,18 @@ Each text shift is a pure function ``(texts, level, seed) -> texts``: the same
 arguments always give the same output, and each text is perturbed with its own
 generator seeded by ``(seed, index)``. Levels are fractions in ``[0, 1]``.
 
-:func:`graded_sets` turns held-out in-distribution texts into
-``SetKind.GRADED`` text sets on two axes (a set's ``axis`` and ``level``):
+The graded suite is one ordered axis, ``shift``, in the order DESIGN §4 lists it
+(:func:`graded_sets`; a set's ``level`` is its ordinal rank, only the order is meant):
 
-``char_noise`` (level = fraction of non-space characters substituted)
-    ``char_noise_00`` 0.0 · ``char_noise_05`` 0.05 · ``char_noise_10`` 0.10 ·
-    ``char_noise_20`` 0.20 · ``char_noise_40`` 0.40
+    ``shift_0_clean`` < ``shift_1_char_noise_05`` < ``shift_2_char_noise_10``
+    < ``shift_3_char_noise_20`` < ``shift_4_char_noise_40`` < ``shift_5_word_shuffle``
+    < ``shift_6_word_salad`` < ``shift_7_random_tokens``
 
-``shift`` (ordinal level 0–4, "farther the shift"; only the order is meant)
-    ``shift_0_clean`` 0 < ``shift_1_char_noise_10`` 1 < ``shift_2_word_shuffle`` 2
-    < ``shift_3_word_salad`` 3 < ``shift_4_random_tokens`` 4
-
-The order on ``shift`` goes from intact text, to corrupted spelling, to intact
-words in the wrong order, to random real words, to random token ids that need
-not spell anything. Levels 0 and 1 of ``shift`` hold the same texts as
-``char_noise_00`` / ``char_noise_10`` (each axis is complete on its own, so a
-rank correlation per axis needs no set from elsewhere).
+It goes from intact text, to more and more corrupted spelling (fraction of
+non-space characters substituted), to intact words in the wrong order, to
+random real words, to random token ids that need not spell anything. Every set
+but the last perturbs the same held-out texts. A missing word list leaves out
+level 6; the order of the rest is unchanged.
 """
 
 from __future__ import annotations
@@ -38,14 +34,22 @@ from fer_diag.data.suite import SetKind, TextSet
 NOISE_ALPHABET = string.ascii_letters + string.digits + string.punctuation
 _ALPHA_INDEX = {c: i for i, c in enumerate(NOISE_ALPHABET)}
 
+#: Fractions of substituted characters on the ``shift`` axis (0 is the clean text).
 CHAR_NOISE_LEVELS: tuple[float, ...] = (0.0, 0.05, 0.10, 0.20, 0.40)
-#: Set name → ordinal level on the combined ``shift`` axis.
+#: Name of the graded axis of :func:`graded_sets`.
+SHIFT_AXIS = "shift"
+#: Set name → ordinal level on the ``shift`` axis.
 SHIFT_LEVELS: dict[str, int] = {
-    "shift_0_clean": 0,
-    "shift_1_char_noise_10": 1,
-    "shift_2_word_shuffle": 2,
-    "shift_3_word_salad": 3,
-    "shift_4_random_tokens": 4,
+    name: rank
+    for rank, name in enumerate(
+        [
+            "shift_0_clean",
+            *(f"shift_{i}_char_noise_{round(p * 100):02d}" for i, p in enumerate(CHAR_NOISE_LEVELS[1:], 1)),
+            "shift_5_word_shuffle",
+            "shift_6_word_salad",
+            "shift_7_random_tokens",
+        ]
+    )
 }
 
 _WS_SPLIT = re.compile(r"(\s+)")
@@ -162,7 +166,7 @@ def graded_sets(
     vocabulary: Sequence[str] | None = None,
     source: str = "",
 ) -> list[TextSet]:
-    """The graded sets of both axes (module docstring) built from ``texts``.
+    """The graded sets of the ``shift`` axis (module docstring) built from ``texts``.
 
     ``length`` is the number of random token ids per sequence (the window length
     minus BOS). ``vocabulary`` feeds word salad: ``None`` reads ``wamerican``; an
@@ -170,27 +174,18 @@ def graded_sets(
     """
     texts = list(texts)
     prefix = f"{source} + " if source else ""
-
-    def graded(name: str, axis: str, level: float, what: str, out: list[str]) -> TextSet:
-        return TextSet(name, SetKind.GRADED, texts=out, level=level, axis=axis, source=prefix + what)
-
-    def on_shift(name: str, what: str, out: list[str]) -> TextSet:
-        return graded(name, "shift", SHIFT_LEVELS[name], what, out)
-
-    noisy = {lv: char_noise(texts, lv, seed) for lv in CHAR_NOISE_LEVELS}
-    sets = [
-        graded(f"char_noise_{round(lv * 100):02d}", "char_noise", lv, f"char noise {lv:.0%}", noisy[lv])
-        for lv in CHAR_NOISE_LEVELS
-    ]
-    sets.append(on_shift("shift_0_clean", "clean", texts))
-    sets.append(on_shift("shift_1_char_noise_10", "char noise 10%", noisy[0.10]))
-    sets.append(on_shift("shift_2_word_shuffle", "word shuffle", word_shuffle(texts, 1.0, seed)))
     vocab = list(vocabulary) if vocabulary is not None else words()
+    perturbed: dict[str, tuple[str, list[str]]] = {"shift_0_clean": ("clean", texts)}
+    for name, p in zip(list(SHIFT_LEVELS)[1:5], CHAR_NOISE_LEVELS[1:], strict=True):
+        perturbed[name] = (f"char noise {p:.0%}", char_noise(texts, p, seed))
+    perturbed["shift_5_word_shuffle"] = ("word shuffle", word_shuffle(texts, 1.0, seed))
     if vocab:
-        sets.append(on_shift("shift_3_word_salad", "word salad (wamerican)", word_salad(texts, 1.0, seed, vocab)))
-    name = "shift_4_random_tokens"
+        perturbed["shift_6_word_salad"] = ("word salad (wamerican)", word_salad(texts, 1.0, seed, vocab))
+
+    def graded(name: str, what: str, **content) -> TextSet:
+        return TextSet(name, SetKind.GRADED, level=SHIFT_LEVELS[name], axis=SHIFT_AXIS, source=what, **content)
+
+    sets = [graded(name, prefix + what, texts=out) for name, (what, out) in perturbed.items()]
     ids = random_tokens(tokenizer, len(texts), length, seed)
-    sets.append(
-        TextSet(name, SetKind.GRADED, level=SHIFT_LEVELS[name], axis="shift", token_ids=ids, source="random token ids")
-    )
+    sets.append(graded("shift_7_random_tokens", "random token ids", token_ids=ids))
     return sets

@@ -54,7 +54,7 @@ class TextSet:
     kind: SetKind
     texts: list[str] = field(default_factory=list)
     level: float | None = None
-    axis: str | None = None  # graded-shift family, e.g. "char_noise"
+    axis: str | None = None  # graded-shift axis, e.g. "shift"
     labels: list[int] | None = None
     token_ids: list[list[int]] | None = None
     source: str = ""  # human-readable provenance, e.g. "fortunes-de"
@@ -128,6 +128,10 @@ class Windows:
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+    def head(self, n: int) -> Windows:
+        """The first ``n`` windows."""
+        return Windows(self.set_name, self.tokens[:n], self.mask[:n], self.source_index[:n])
 
 
 def tokenize_windows(
@@ -261,11 +265,11 @@ def default_suite(
       English fortunes.
     * shifted: one set per foreign fortune language (``fortunes_de`` …
       ``fortunes_zh``), ``python_code``, ``iso_json``, ``latex``.
-    * graded (:func:`fer_diag.data.shifts.graded_sets`): axes ``char_noise`` and
-      ``shift``, built from another ``n_per_set`` held-out texts, disjoint from
-      the in-distribution set, so ``char_noise_00`` / ``shift_0_clean`` against
-      ``fortunes_en`` is a null comparison (expected AUROC ≈ 0.5). Only when the
-      held-out split has a single text do both use it.
+    * graded (:func:`fer_diag.data.shifts.graded_sets`): the ``shift`` axis,
+      built from another ``n_per_set`` held-out texts, disjoint from the
+      in-distribution set, so ``shift_0_clean`` against ``fortunes_en`` is a
+      null comparison (expected AUROC ≈ 0.5). Only when the held-out split has
+      a single text do both use it.
 
     Fortunes are joined into texts of ≥ 600 characters (× ``seq_len`` / 128 when
     longer windows are asked for) so windows are full. With
@@ -302,7 +306,7 @@ def default_suite(
     try:
         vocab = words()
     except MissingCorpusError as e:
-        missing(e, "shift_3_word_salad")
+        missing(e, "shift_6_word_salad")
         vocab = []
     sets += graded_sets(graded_texts, tokenizer, seed, seq_len - 1, vocab, source="fortunes_en held-out")
     return Suite(sets, skipped)
@@ -396,7 +400,7 @@ def suite_from_files(
         try:
             vocab = words()
         except MissingCorpusError as e:
-            skipped.append(f"shift_3_word_salad: {e}")
+            skipped.append(f"shift_6_word_salad: {e}")
             vocab = []
         sets += graded_sets(ref.texts, tokenizer, seed, seq_len - 1, vocab, source=ref.name)
     return Suite(sets, skipped)

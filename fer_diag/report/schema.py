@@ -68,7 +68,7 @@ class Report(BaseModel):
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(self.model_dump_json(indent=2))
+        path.write_text(self.model_dump_json())  # compact: the tables run to many thousands of rows
         return path
 
     @classmethod

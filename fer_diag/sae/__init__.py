@@ -1,15 +1,5 @@
-"""sae-lens SAEs for fer-diag: loading and hook matching (:mod:`.loading`), offline training (:mod:`.training`)."""
+"""sae-lens SAEs for fer-diag.
 
-from fer_diag.sae.loading import SAELoadError, SAEMatchError, default_saes, load_sae, match_saes
-from fer_diag.sae.training import SAETrainingConfig, train_sae, train_saes
-
-__all__ = [
-    "SAELoadError",
-    "SAEMatchError",
-    "SAETrainingConfig",
-    "default_saes",
-    "load_sae",
-    "match_saes",
-    "train_sae",
-    "train_saes",
-]
+:mod:`.loading` loads and matches SAEs to hooks (and finds the shipped defaults),
+:mod:`.recipe` holds the training recipe's config, :mod:`.training` runs it.
+"""
