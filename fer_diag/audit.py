@@ -40,7 +40,7 @@ class AuditConfig(BaseModel):
         None, description="TL hook names / wildcards; default: resid_post of every 3rd layer, the last, and SAE hooks"
     )
     seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
-    max_seqs: int = Field(64, ge=2, description="windows per text set")
+    max_seqs: int = Field(48, ge=2, description="windows per text set")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
@@ -287,7 +287,8 @@ class Audit:
         t = time.perf_counter()
         n = min(n_max, len(batch.seq_index))
         clean = None if batch.token_nll is None else batch.token_nll[:n]
-        fidelity.update_ce(batch.set_name, basis.ce_sums(model, batch.tokens[:n], batch.mask[:n], clean))
+        acts = {h: a[:n] for h, a in batch.acts.items()}
+        fidelity.update_ce(batch.set_name, basis.ce_sums(model, batch.tokens[:n], batch.mask[:n], clean, acts))
         self.seconds["sae_ce_splice"] = self.seconds.get("sae_ce_splice", 0.0) + time.perf_counter() - t
         return n
 

@@ -16,8 +16,11 @@ from functools import partial
 
 import torch
 from sae_lens import SAE
+from transformer_lens import HookedTransformer
 
-from fer_diag.capture import ActivationBatch
+from fer_diag.capture import ActivationBatch, hook_layer
+
+_RESID_POST = ".hook_resid_post"
 
 
 class RawBasis:
@@ -84,37 +87,58 @@ class SAEBasis:
 
     @torch.inference_mode()
     def ce_sums(
-        self, model, tokens: torch.Tensor, mask: torch.Tensor, clean_nll: torch.Tensor | None = None
+        self,
+        model,
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        clean_nll: torch.Tensor | None = None,
+        acts: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, CESums]:
         """CE-loss sums per hook over one batch of windows ``tokens`` ``[b, t]`` with counted positions ``mask``.
 
-        Runs the whole model twice per hook (reconstruction spliced in, hook
-        zero-ablated), plus once clean unless ``clean_nll`` — the clean run's
+        Two forward passes per hook (reconstruction spliced in, hook
+        zero-ablated), plus a clean one unless ``clean_nll`` — the clean run's
         per-token NLL as :func:`fer_diag.capture.token_readouts` gives it — is
-        passed. The reconstruction (and the zero-ablation) replaces the hook's
-        vector at the counted positions only: position 0 / BOS keeps its own
-        vector, as in every other statistic here (the SAEs are not trained on it,
-        and it carries the massive activations). NLL is summed over predictions
-        of counted tokens.
+        passed. With ``acts`` (the clean hook activations of these windows, as
+        captured) a HookedTransformer resumes from the block after a
+        ``hook_resid_post`` instead of running the blocks before it again; other
+        hooks and models splice the value in through a forward hook.
+
+        The reconstruction (and the zero-ablation) replaces the hook's vector at
+        the counted positions only: position 0 / BOS keeps its own vector, as in
+        every other statistic here (the SAEs are not trained on it, and it
+        carries the massive activations). NLL is summed over predictions of
+        counted tokens.
         """
         device = next(model.parameters()).device
         tokens, mask = tokens.to(device), mask.to(device)
         count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
         if clean_nll is None:
-            clean = _nll(model, tokens, count, [])
+            clean = _nll(model(tokens), tokens, count)
         else:
             clean = float(clean_nll[:, 1:][count.cpu()].double().sum())
         out = {}
         for hook, sae in self.saes.items():
-            spliced = _nll(model, tokens, count, [(hook, _splice(mask, partial(_recon, sae)))])
-            ablated = _nll(model, tokens, count, [(hook, _splice(mask, torch.zeros_like))])
+            cached = None if acts is None else acts.get(hook)
+            spliced = _nll(
+                _logits_with(model, tokens, hook, _splice(mask, partial(_recon, sae)), cached), tokens, count
+            )
+            ablated = _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), cached), tokens, count)
             out[hook] = CESums(clean, spliced, ablated, int(count.sum()))
         return out
 
 
-def _nll(model, tokens: torch.Tensor, count: torch.Tensor, fwd_hooks: list) -> float:
-    """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1) under ``fwd_hooks``."""
-    logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None) -> torch.Tensor:
+    """Logits with the hook's activation passed through ``replace`` (the forward-hook signature)."""
+    layer = hook_layer(hook)
+    if acts is not None and isinstance(model, HookedTransformer) and layer is not None and hook.endswith(_RESID_POST):
+        resid = replace(acts.to(tokens.device, next(model.parameters()).dtype))
+        return model(resid, tokens=tokens, start_at_layer=layer + 1)
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+
+
+def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> float:
+    """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
     return float(nll[count].double().sum())

@@ -58,7 +58,7 @@ def audit(
     id_text: Annotated[list[Path] | None, typer.Option(help="in-distribution text file(s): .txt or .jsonl")] = None,
     ood_text: Annotated[list[Path] | None, typer.Option(help="shifted text file(s): .txt or .jsonl")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
-    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 64,
+    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 48,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
     batch_size: Annotated[int, typer.Option()] = 8,
     bridge: Annotated[bool, typer.Option(help="wrap the model as a TransformerBridge")] = False,

@@ -68,3 +68,16 @@ def test_audit_on_default_model_writes_report(tmp_path):
         for hook, fid in report["sae_fidelity"]["hooks"].items():
             assert fid["reference_ev"] is not None, hook
     assert (out / "report.md").exists() and (out / "report.html").exists()
+
+
+def test_audit_option_defaults_are_the_config_defaults():
+    import inspect
+
+    from fer_diag.audit import AuditConfig
+    from fer_diag.cli import audit
+
+    params = inspect.signature(audit).parameters
+    fields = AuditConfig.model_fields
+    for name in ("max_seqs", "seq_len", "batch_size", "ce_windows", "seed", "device"):
+        assert params[name].default == fields[name].default, name
+    assert params["control"].default == fields["random_init_control"].default

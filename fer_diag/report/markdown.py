@@ -54,13 +54,13 @@ def _profiles(r: Report, basis: str) -> str:
 
 
 def _familiarity(r: Report, basis: str) -> str:
-    shifted = views.set_names(r, kinds=["shifted"])
+    shifted = views.detection_sets(r)
     parts = [
         f"## Familiarity signal ({basis} basis)",
         "",
         "AUROC with OOD = positive, direction-free (max(A, 1−A)) with bootstrap 95 % CI, and the direction "
         "(*sparser*: the shifted set is sparser). `masked`: massive-activation dims removed. "
-        "Baselines on the same windows are the first rows.",
+        "Baselines on the same windows are the first rows. The last column is the far end of the graded shift.",
         "",
     ]
     header = ["score", *shifted]

@@ -25,6 +25,8 @@ def fmt(x: Any, digits: int = 3) -> str:
             return "–"
         if abs(x) >= 1e4 or (0 < abs(x) < 1e-3):
             return f"{x:.2e}"
+        if x.is_integer() and abs(x) >= 10:  # a threshold such as 100.0, not a measurement
+            return str(int(x))
         return f"{x:.{digits}f}"
     return str(x)
 
@@ -49,6 +51,15 @@ def bases(report: Report) -> list[str]:
 def set_names(report: Report, kinds: Iterable[str] | None = None) -> list[str]:
     kinds = set(kinds) if kinds is not None else None
     return [s.name for s in report.text_sets if kinds is None or s.kind in kinds]
+
+
+def detection_sets(report: Report) -> list[str]:
+    """Columns of the familiarity table: the shifted sets, then the farthest level of each graded axis."""
+    farthest: dict[str, tuple[float, str]] = {}
+    for s in report.text_sets:
+        if s.kind == "graded" and s.level is not None and s.level >= farthest.get(s.axis or "", (-1e300, ""))[0]:
+            farthest[s.axis or ""] = (s.level, s.name)
+    return set_names(report, kinds=["shifted"]) + [name for _, name in farthest.values()]
 
 
 def profile_value(
