@@ -76,13 +76,28 @@ def profile_value(
 
 def detection_rows(report: Report, **where: Any) -> list[dict]:
     """Familiarity detection rows whose fields equal ``where``."""
-    rows = report.familiarity.get("detection", [])
-    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    return _select(report.familiarity.get("detection", []), where)
 
 
 def graded_rows(report: Report, **where: Any) -> list[dict]:
-    rows = report.familiarity.get("graded", [])
-    return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    """Graded-shift rows whose fields equal ``where``."""
+    return _select(report.familiarity.get("graded", []), where)
+
+
+_INDEX: dict[str, Any] = {}
+
+
+def _select(rows: list[dict], where: dict[str, Any]) -> list[dict]:
+    """Rows matching ``where``, through an index on (source, metric) of the last row list asked about."""
+    if "source" not in where or "metric" not in where:
+        return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    if _INDEX.get("rows") is not rows:  # a report holds many thousands of rows; renderings ask ~10^3 times
+        index: dict[tuple, list[dict]] = {}
+        for r in rows:
+            index.setdefault((r.get("source"), r.get("metric")), []).append(r)
+        _INDEX.update(rows=rows, index=index)
+    bucket = _INDEX["index"].get((where["source"], where["metric"]), [])
+    return [r for r in bucket if all(r.get(k) == v for k, v in where.items())]
 
 
 def baseline_auroc(report: Report, set_name: str, metric: str = "nll") -> dict | None:
