@@ -41,18 +41,21 @@ def sparsity_vs_shift(report: Report, out: Path, basis: str = "raw", metric: str
         else:
             sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, len(hooks) - 1))
             fig.colorbar(sm, ax=ax, label="hook index (shallow → deep)")
-        fig.tight_layout()
-        path = out / f"sparsity_vs_{axis}_{basis}_{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"sparsity_vs_{axis}_{basis}_{metric}.png"))
     return paths
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]:
-    """Per shifted set: direction-free AUROC of each headline metric per layer, with the baselines as lines."""
+    """Per shifted set and graded far end: direction-free AUROC of each headline metric per layer vs baselines."""
     paths = []
-    for set_name in views.set_names(report, kinds=["shifted"]):
+    for set_name in views.detection_sets(report):
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for metric in views.headline_metrics(basis):
             rows = views.detection_rows(
@@ -78,11 +81,7 @@ def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]
         ax.set_ylabel("AUROC (direction-free)")
         ax.set_title(f"{set_name} vs in-distribution ({basis})")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"auroc_{basis}_{set_name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"auroc_{basis}_{set_name}.png"))
     return paths
 
 
@@ -100,11 +99,7 @@ def massive_per_layer(report: Report, out: Path) -> list[Path]:
     ax.set_xlabel("layer")
     ax.set_ylabel("max |h| of massive dims")
     ax.set_title("massive activations (Sun et al. 2024 criterion)")
-    fig.tight_layout()
-    path = out / "massive_per_layer.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(fig, out / "massive_per_layer.png")]
 
 
 def draw_all(report: Report, out_dir: Path) -> dict[str, str]:

@@ -32,16 +32,18 @@ def _rho(r: Report, basis: str, hook: str, metric: str, axis: str = "shift") -> 
 def print_summary(r: Report, console: Console | None = None) -> None:
     console = console or Console()
     ref = r.familiarity.get("reference_set") or (views.set_names(r, ["in_distribution"]) or ["?"])[0]
-    far = next((s for s in views.set_names(r) if "random" in s), None)
+    shifted = views.set_names(r, ["shifted"])
+    far = next((s for s in reversed(views.detection_sets(r)) if s not in shifted), None)
     for basis in views.bases(r):
         metric = views.headline_metrics(basis)[0]
-        t = Table(title=f"{r.model.name} — {metric} ({basis} basis)", show_lines=False)
-        t.add_column("hook")
-        t.add_column(f"{metric} {ref}", justify="right")
+        caption = f"ID = {ref}" + (f", far = {far}" if far else "") + "; AUROC direction-free, range over shifted sets"
+        t = Table(title=f"{r.model.name} — {metric} ({basis} basis)", caption=caption)
+        t.add_column("hook", no_wrap=True)
+        t.add_column(f"{metric} ID", justify="right")
         if far:
-            t.add_column(f"{metric} {far}", justify="right")
-        t.add_column("AUROC range (shifted sets)", justify="right")
-        t.add_column("ρ along shift", justify="right")
+            t.add_column(f"{metric} far", justify="right")
+        t.add_column("AUROC", justify="right")
+        t.add_column("ρ shift", justify="right")
         for hook in r.hooks:
             if hook not in r.sparsity.get("profiles", {}).get(basis, {}):
                 continue
@@ -51,7 +53,6 @@ def print_summary(r: Report, console: Console | None = None) -> None:
             row += [_best_shift(r, basis, hook, metric), _rho(r, basis, hook, metric)]
             t.add_row(*row)
         console.print(t)
-    shifted = views.set_names(r, ["shifted"])
     base = [views.baseline_auroc(r, s, "nll") for s in shifted]
     base = [b["auroc_oriented"] for b in base if b]
     if base:
