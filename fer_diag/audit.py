@@ -113,8 +113,6 @@ class Audit:
 
     # ------------------------------------------------------------------ set-up
     def _load(self) -> LoadedModel:
-        if isinstance(self.model_arg, LoadedModel):
-            return self.model_arg
         return load_model(self.model_arg, tokenizer=self.tokenizer, bridge=self.bridge, device=self.config.device)
 
     def _build_suite(self, loaded: LoadedModel) -> Suite:
@@ -176,6 +174,7 @@ class Audit:
         windows = self._windows(loaded, suite)
         self.seconds["setup"] = time.perf_counter() - t0
 
+        t1 = time.perf_counter()  # streaming: every batch through capture and the analyzers, the first one included
         capture = Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=c.need_logits)
         first = next(capture.batches(windows[suite.reference.name], suite.reference))
         massive_dims = self._calibrate_massive(first)
@@ -183,8 +182,6 @@ class Audit:
         fingerprint = self._fingerprint(loaded, hooks, windows, saes)
         done = self._load_partial(fingerprint, analyzers)
         resumed = list(done)
-
-        t1 = time.perf_counter()
         self._run_sets(capture, suite, windows, analyzers, saes, done, fingerprint, first)
         self.seconds["analysis"] = time.perf_counter() - t1
 
@@ -196,9 +193,11 @@ class Audit:
             control = self._control(loaded, hooks, suite, windows, massive_dims)
             self.seconds["control"] = time.perf_counter() - t2
 
+        t3 = time.perf_counter()
         report = self._report(loaded, hooks, suite, windows, analyzers, saes, control, resumed)
         report.massive = {**_jsonable(massive), "scaffold": scaffold}
-        self.seconds["total"] = time.perf_counter() - t0
+        self.seconds["statistics"] = time.perf_counter() - t3  # AUROCs, bootstrap CIs, correlations
+        self.seconds["total"] = time.perf_counter() - t0  # all but writing the report files
         report.run.seconds = dict(self.seconds)
         if self.out_dir is not None:
             from fer_diag.report.render import write_report

@@ -258,18 +258,23 @@ def bench(
         sys.stdout.write(res.model_dump_json(indent=2) + "\n")
         return
     out = Console()
-    out.print(
-        f"{res.model}: {len(res.hooks)} hooks, {res.n_saes} SAEs, {res.windows} windows, {res.tokens} tokens, "
-        f"{res.torch_threads} torch threads"
+    t = Table(
+        title=f"{res.model}: {len(res.hooks)} hooks, {res.n_saes} SAEs, {res.windows} windows, {res.tokens} tokens",
+        caption=f"{res.torch_threads} torch threads; fastest of the repeats, floor and audit timed alternately",
     )
-    out.print(f"forward pass (floor)            {res.forward_s:8.2f} s")
-    out.print(f"audit, streaming analysis       {res.audit_stream_s:8.2f} s   ratio {res.ratio_stream:.3f}")
-    out.print(
-        f"audit, whole (no CE, no control){res.audit_total_s:8.2f} s   ratio {res.ratio_total:.3f}   target ≤ 1.15"
+    for col in ("what", "seconds", "× forward"):
+        t.add_column(col, justify="left" if col == "what" else "right")
+    t.add_row("forward pass (floor)", f"{res.forward_s:.2f}", "1.000")
+    t.add_row(
+        "audit, streaming: capture + analyzers (target ≤ 1.15)", f"{res.audit_stream_s:.2f}", f"{res.ratio_stream:.3f}"
     )
-    out.print(f"SAE CE-loss splice (extra)      {res.ce_splice_s:8.2f} s")
+    t.add_row("audit, whole (no CE splice, no control)", f"{res.audit_total_s:.2f}", f"{res.ratio_total:.3f}")
+    for stage, sec in res.fixed_s.items():
+        t.add_row(f"  fixed per run: {stage}", f"{sec:.2f}", "")
+    t.add_row("SAE CE-loss splice (extra passes)", f"{res.ce_splice_s:.2f}", f"{res.ce_splice_s / res.forward_s:.3f}")
     for n, mb in res.peak_rss_mb.items():
-        out.print(f"peak RSS, {n:4d} windows        {mb:8.0f} MiB")
+        t.add_row(f"peak RSS (MiB), {n} windows", f"{mb:.0f}", "")
+    out.print(t)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -557,7 +557,10 @@ def load_model(
 
     ``device`` / ``dtype`` apply to models built here. ``progress=False`` silences the
     messages and transformers' bars, except the GGUF dequantisation bar of a first load.
+    A :class:`LoadedModel` comes back as it is (unless ``random_init``).
     """
+    if isinstance(model, LoadedModel) and not random_init:
+        return model
     _offline()
     from transformer_lens import HookedTransformer
     from transformer_lens.model_bridge import TransformerBridge
