@@ -83,6 +83,17 @@ def test_token_readouts_match_hand_computation():
     assert ent[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
 
 
+def test_token_readouts_do_not_depend_on_the_chunk_size():
+    g = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(3, 9, 50, generator=g) * 4, torch.randint(0, 50, (3, 9), generator=g)
+    whole = token_readouts(logits, tokens, rows=10_000)
+    for rows in (1, 5, 7):  # chunk edges inside and across sequences
+        for a, b in zip(token_readouts(logits, tokens, rows=rows), whole, strict=True):
+            torch.testing.assert_close(a, b, equal_nan=True)
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    torch.testing.assert_close(whole[1][:, 1:], -(logp.exp() * logp).sum(-1))
+
+
 def test_nan_activations_raise_with_fix(tiny_hooked, windows):
     ts, w = windows
     model = copy.deepcopy(tiny_hooked.model)
