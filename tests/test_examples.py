@@ -1,0 +1,21 @@
+"""The examples in examples/ run as shipped and write their reports."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "script, report_dir",
+    [("own_transformerlens_model.py", "own-model-report"), ("python_api.py", "example-report")],
+)
+def test_example_runs_and_writes_its_report(script, report_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    assert (tmp_path / report_dir / "report.json").stat().st_size > 0
+    assert (tmp_path / report_dir / "report.md").read_text().startswith("# fer-diag audit")
+    assert capsys.readouterr().out.strip()  # the example prints what it read back
