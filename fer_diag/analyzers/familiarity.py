@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -52,8 +52,8 @@ BASELINES = ("nll", "entropy", "maxprob")
 
 
 @dataclass
-class DetectionRow:
-    """One score × one shifted set against the reference set. ``source`` is ``sparsity`` or ``baseline``."""
+class ScoreKey:
+    """Which score a row is about: ``metric`` of ``hook`` read in ``basis`` (``source="sparsity"``) or a baseline."""
 
     source: str
     basis: str | None
@@ -61,6 +61,12 @@ class DetectionRow:
     metric: str
     masked: bool
     reduce: str
+
+
+@dataclass
+class DetectionRow(ScoreKey):
+    """One score × one shifted set against the reference set. ``source`` is ``sparsity`` or ``baseline``."""
+
     set_name: str
     kind: str
     level: float | None
@@ -79,15 +85,9 @@ class DetectionRow:
 
 
 @dataclass
-class GradedRow:
+class GradedRow(ScoreKey):
     """One score along one graded shift axis."""
 
-    source: str
-    basis: str | None
-    hook: str | None
-    metric: str
-    masked: bool
-    reduce: str
     axis: str
     levels: list[float]
     level_means: list[float]
@@ -159,6 +159,18 @@ class _Source:
     columns: list[tuple[str, bool, str]]
     tables: dict[str, _Table]
     masked_same: bool
+
+    def key(self, c: int) -> dict[str, Any]:
+        """The :class:`ScoreKey` fields of column ``c``."""
+        metric, masked, reduce = self.columns[c]
+        return {
+            "source": self.source,
+            "basis": self.basis,
+            "hook": self.hook,
+            "metric": metric,
+            "masked": masked,
+            "reduce": reduce,
+        }
 
 
 def _axis_of(name: str, info: SetInfo) -> str:
@@ -305,16 +317,11 @@ def _detect(src: _Source, name: str, info: SetInfo, cfg: _Settings, counts: dict
     matched, pair_frac = stats.stratified_auroc(x, y, *stats.length_strata(a.n_tokens, b.n_tokens, cfg.length_bins))
     matched = np.atleast_1d(matched)
     rows = []
-    for c, (metric, masked, reduce) in enumerate(src.columns):
+    for c, (metric, *_) in enumerate(src.columns):
         up, flipped = auc[c] > 0.5, auc[c] < 0.5
         raw_ci = _ci(lo[c], hi[c])
         row = DetectionRow(
-            source=src.source,
-            basis=src.basis,
-            hook=src.hook,
-            metric=metric,
-            masked=masked,
-            reduce=reduce,
+            **src.key(c),
             set_name=name,
             kind=info.kind,
             level=info.level,
@@ -354,15 +361,10 @@ def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings) -> list[Grad
         rho = np.atleast_1d(stats.spearman(level, scores))
         rho_lo, rho_hi = stats.fisher_ci(rho, len(level), cfg.ci, stats.SPEARMAN_FISHER_VAR)
         means = stats.level_means_pearson(level, scores, cfg.n_boot, stats.pair_rng(cfg.seed, "graded", axis), cfg.ci)
-        for c, (metric, masked, reduce) in enumerate(src.columns):
+        for c, (metric, *_) in enumerate(src.columns):
             trend = rho[c] != 0 and np.isfinite(rho[c])
             row = GradedRow(
-                source=src.source,
-                basis=src.basis,
-                hook=src.hook,
-                metric=metric,
-                masked=masked,
-                reduce=reduce,
+                **src.key(c),
                 axis=axis,
                 levels=means["levels"].tolist(),
                 level_means=means["means"][:, c].tolist(),
