@@ -21,6 +21,12 @@ def _graded_axes(report: Report) -> dict[str, list[tuple[float, str]]]:
     return {a: sorted(v) for a, v in axes.items()}
 
 
+def _short(set_name: str, axis: str) -> str:
+    """Tick label of a graded set: its name without axis prefix and level (`shift_5_word_shuffle` → `word shuffle`)."""
+    rest = set_name.removeprefix(f"{axis}_").split("_", 1)
+    return (rest[1] if len(rest) == 2 and rest[0].isdigit() else set_name).replace("_", " ")
+
+
 def sparsity_vs_shift(report: Report, out: Path, basis: str = "raw", metric: str = "hoyer") -> list[Path]:
     """One figure per graded axis: the metric (mean over windows) against shift level, a line per hooked layer."""
     paths = []
@@ -33,6 +39,7 @@ def sparsity_vs_shift(report: Report, out: Path, basis: str = "raw", metric: str
             if all(y is None for y in ys):
                 continue
             ax.plot([lv for lv, _ in levels], ys, marker="o", ms=3, color=cmap(i / max(len(hooks) - 1, 1)), label=hook)
+        ax.set_xticks([lv for lv, _ in levels], [_short(name, axis) for _, name in levels], rotation=30, ha="right")
         ax.set_xlabel(f"shift level ({axis})")
         ax.set_ylabel(f"{metric} ({basis}, mean over windows)")
         ax.set_title(f"{metric} along the {axis} axis — {report.model.name}")
