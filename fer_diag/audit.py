@@ -343,6 +343,7 @@ class Audit:
             [0],
             [d.value_mean for d in dims],
             loss_mask=first.mask,
+            clean_nll=first.token_nll,
         )
         self.seconds["scaffold_intervention"] = time.perf_counter() - t
         return {"hook": hook, "dims": [d.dim for d in dims], "positions": [0], "windows": len(first.seq_index), **out}

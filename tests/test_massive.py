@@ -10,7 +10,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fer_diag.analyzers.massive import MassiveAnalyzer, detect_massive, massive_dims, scaffold_intervention
-from fer_diag.capture import ActivationBatch
+from fer_diag.capture import ActivationBatch, token_readouts
 from fer_diag.data.suite import SetKind
 
 D = 16
@@ -179,6 +179,11 @@ def test_scaffold_intervention_on_a_planted_dim(planted_model):
     where[:, 0] = True
     again = scaffold_intervention(planted_model, tokens, hook, [3], where, torch.tensor([dim.value_mean]))
     assert again["nll_zero"] == pytest.approx(out["nll_zero"])
+    with torch.no_grad():  # the capture's clean per-token NLL stands in for the clean pass
+        clean_nll = token_readouts(planted_model(tokens), tokens)[0]
+    reused = scaffold_intervention(planted_model, tokens, hook, [3], [0], [dim.value_mean], clean_nll=clean_nll)
+    assert reused["nll_clean"] == pytest.approx(out["nll_clean"], rel=1e-6)
+    assert reused["nll_zero"] == out["nll_zero"]
     assert planted_model.blocks[0].hook_resid_post.fwd_hooks  # the permanent hook survived the runs
     with pytest.raises(ValueError, match="one mean value per dim"):
         scaffold_intervention(planted_model, tokens, hook, [3, 4], [0], [1.0])

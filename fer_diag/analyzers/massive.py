@@ -324,6 +324,7 @@ def scaffold_intervention(
     positions: Sequence[int] | torch.Tensor,
     mean_values: Sequence[float] | torch.Tensor,
     loss_mask: torch.Tensor | None = None,
+    clean_nll: torch.Tensor | None = None,
 ) -> dict:
     """Sun et al.'s test of massive activations as fixed biases: mean next-token NLL of three runs.
 
@@ -335,7 +336,9 @@ def scaffold_intervention(
     (e.g. delimiter tokens); ``mean_values`` has one value per dim (their mean over
     inputs, e.g. ``MassiveDim.value_mean``). NLL is averaged over predicted tokens
     (positions ≥ 1, and where ``loss_mask`` is True). Works with any model that has
-    ``run_with_hooks`` (HookedTransformer, TransformerBridge).
+    ``run_with_hooks`` (HookedTransformer, TransformerBridge). ``clean_nll``, the
+    clean run's per-token NLL of these tokens (:func:`fer_diag.capture.token_readouts`,
+    as a capture with logits already has it), saves the clean forward pass.
     Expected for genuine massive activations: nll_mean ≈ nll_clean ≪ nll_zero.
     """
     tokens = torch.as_tensor(tokens)
@@ -361,13 +364,15 @@ def scaffold_intervention(
 
     valid = torch.ones(tokens.shape, dtype=torch.bool) if loss_mask is None else loss_mask.bool().cpu()
 
-    def nll(fwd_hooks: list) -> float:
-        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
-        per_token = token_readouts(logits, tokens)[0]  # NaN at position 0
-        keep = valid & torch.isfinite(per_token)
+    def mean_nll(per_token: torch.Tensor) -> float:
+        keep = valid & torch.isfinite(per_token)  # NaN at position 0
         return float(per_token[keep].mean())
 
-    clean = nll([])
+    def nll(fwd_hooks: list) -> float:
+        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
+        return mean_nll(token_readouts(logits, tokens)[0])
+
+    clean = nll([]) if clean_nll is None else mean_nll(clean_nll.cpu())
     mean = nll([(hook, setter(means))])
     zero = nll([(hook, setter(torch.zeros_like(means)))])
     return {
