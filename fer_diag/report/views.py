@@ -91,11 +91,12 @@ def _select(rows: list[dict], where: dict[str, Any]) -> list[dict]:
     """Rows matching ``where``, through an index on (source, metric) of the last row list asked about."""
     if "source" not in where or "metric" not in where:
         return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
-    if _INDEX.get("rows") is not rows:  # a report holds many thousands of rows; renderings ask ~10^3 times
+    # a report holds many thousands of rows and renderings ask ~10^3 times; rebuilt when the list changes
+    if _INDEX.get("rows") is not rows or _INDEX.get("n") != len(rows):
         index: dict[tuple, list[dict]] = {}
         for r in rows:
             index.setdefault((r.get("source"), r.get("metric")), []).append(r)
-        _INDEX.update(rows=rows, index=index)
+        _INDEX.update(rows=rows, n=len(rows), index=index)
     bucket = _INDEX["index"].get((where["source"], where["metric"]), [])
     return [r for r in bucket if all(r.get(k) == v for k, v in where.items())]
 
