@@ -45,12 +45,10 @@ class CESums:
     ablated: float = 0.0
     tokens: int = 0
 
-    def __iadd__(self, other: CESums) -> CESums:
-        self.clean += other.clean
-        self.sae += other.sae
-        self.ablated += other.ablated
-        self.tokens += other.tokens
-        return self
+    def __add__(self, other: CESums) -> CESums:
+        return CESums(
+            self.clean + other.clean, self.sae + other.sae, self.ablated + other.ablated, self.tokens + other.tokens
+        )
 
     def score(self) -> float | None:
         """(CE_abl − CE_sae)/(CE_abl − CE_clean), or None when undefined (no tokens, or ablation costs nothing)."""
@@ -93,8 +91,8 @@ class SAEBasis:
         mask: torch.Tensor,
         clean_nll: torch.Tensor | None = None,
         acts: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, CESums]:
-        """CE-loss sums per hook over one batch of windows ``tokens`` ``[b, t]`` with counted positions ``mask``.
+    ) -> dict[str, list[CESums]]:
+        """CE-loss sums per hook and window of one batch ``tokens`` ``[b, t]`` with counted positions ``mask``.
 
         Two forward passes per hook (reconstruction spliced in, hook
         zero-ablated), plus a clean one unless ``clean_nll`` — the clean run's
@@ -108,7 +106,7 @@ class SAEBasis:
         the counted positions only: position 0 / BOS keeps its own vector, as in
         every other statistic here (the SAEs are not trained on it, and it
         carries the massive activations). NLL is summed over predictions of
-        counted tokens.
+        counted tokens; one :class:`CESums` per window, in row order.
         """
         device = next(model.parameters()).device
         tokens, mask = tokens.to(device), mask.to(device)
@@ -116,7 +114,8 @@ class SAEBasis:
         if clean_nll is None:
             clean = _nll(model(tokens), tokens, count)
         else:
-            clean = float(clean_nll[:, 1:][count.cpu()].double().sum())
+            clean = torch.where(count.cpu(), clean_nll[:, 1:].double(), 0.0).sum(1)
+        n_tok = count.sum(1).cpu()
         out = {}
         for hook, sae in self.saes.items():
             cached = None if acts is None else acts.get(hook)
@@ -124,7 +123,10 @@ class SAEBasis:
                 _logits_with(model, tokens, hook, _splice(mask, partial(_recon, sae)), cached), tokens, count
             )
             ablated = _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), cached), tokens, count)
-            out[hook] = CESums(clean, spliced, ablated, int(count.sum()))
+            out[hook] = [
+                CESums(float(c), float(s), float(a), int(n))
+                for c, s, a, n in zip(clean, spliced, ablated, n_tok, strict=True)
+            ]
         return out
 
 
@@ -137,11 +139,11 @@ def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Te
     return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
 
 
-def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> float:
-    """Summed NLL of the predictions of counted tokens (logits at t predict token t + 1)."""
+def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per-window summed NLL ``[b]`` (float64, CPU) of the predictions of counted tokens (logits at t predict t + 1)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     nll = -logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return float(nll[count].double().sum())
+    return torch.where(count, nll.double(), 0.0).sum(1).cpu()
 
 
 def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:

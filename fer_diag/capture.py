@@ -21,19 +21,27 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from fer_diag.data.suite import SetKind, TextSet, Windows
+from fer_diag.errors import FerDiagError, HookKindError
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.")
 _EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "embed.")
+#: Hooks that are not one vector per token position (attention patterns and scores, rotary tables): refused.
+UNSUPPORTED_HOOKS = ("hook_pattern", "hook_attn_scores", "hook_cos", "hook_sin")
+SUPPORTED_KINDS = (
+    "per-position vectors [batch, pos, d] (hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out, mlp.hook_pre/post, "
+    "ln*.hook_normalized, hook_embed…) and per-head vectors [batch, pos, n_heads, d_head] "
+    "(attn.hook_q, hook_k, hook_v, hook_z, hook_result: flattened to n_heads·d_head)"
+)
 
 
-class HookNameError(KeyError):
+class HookNameError(FerDiagError, KeyError):
     """A requested hook name (or pattern) matches no hook of the model."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 
 
-class ActivationValueError(ValueError):
+class ActivationValueError(FerDiagError, ValueError):
     """Captured activations contain NaN or Inf."""
 
 
@@ -63,14 +71,20 @@ class ActivationBatch:
     token_entropy: torch.Tensor | None = None
     token_maxprob: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
+    #: in an SAE basis: the raw hook vectors the latents encode (``[batch, pos, d_in]`` per hook)
+    raw: dict[str, torch.Tensor] | None = None
+    #: CE-loss sums per hook (:class:`fer_diag.basis.CESums`) of this batch's windows with
+    #: ``seq_index`` below the pipeline's ``ce_windows``; None when none of them is
+    ce: dict | None = None
 
     @property
     def hooks(self) -> list[str]:
         return list(self.acts)
 
     def with_acts(self, acts: dict[str, torch.Tensor], basis: str) -> ActivationBatch:
-        """The same batch read in another basis."""
-        return replace(self, acts=acts, basis=basis)
+        """The same batch read in another basis; ``raw`` keeps the hook vectors that were read."""
+        raw = {h: self.acts[h] for h in acts} if self.basis == "raw" else self.raw
+        return replace(self, acts=acts, basis=basis, raw=raw)
 
     def last_index(self) -> torch.Tensor:
         """``[batch]`` position of each window's last counted token (-1 if none)."""
@@ -93,7 +107,9 @@ def resolve_hooks(model, patterns: Sequence[str]) -> list[str]:
     """Expand hook names / shell wildcards (``blocks.*.hook_resid_post``) to hook names.
 
     Raises :class:`HookNameError` listing close matches when a name or pattern
-    matches nothing.
+    matches nothing, and :class:`~fer_diag.errors.HookKindError` for a hook that is
+    not one vector per position (:data:`UNSUPPORTED_HOOKS`: attention patterns and
+    scores); wildcards leave those out.
     """
     known = available_hooks(model)
     known_set = set(known)
@@ -101,17 +117,48 @@ def resolve_hooks(model, patterns: Sequence[str]) -> list[str]:
     for pat in patterns:
         if any(c in pat for c in "*?["):
             hits = [n for n in known if fnmatch.fnmatchcase(n, pat)]
+            if hits and all(_unsupported(n) for n in hits):
+                raise _kind_error(pat)
+            hits = [n for n in hits if not _unsupported(n)]
         else:
             hits = [pat] if pat in known_set else []
+            if hits and _unsupported(pat):
+                raise _kind_error(pat)
         if not hits:
             close = difflib.get_close_matches(pat, known, n=5, cutoff=0.6)
             hint = f" Close matches: {', '.join(close)}." if close else ""
             raise HookNameError(
                 f"hook {pat!r} matches no hook of this model.{hint} "
-                f"List all with `fer-diag models --hooks` or fer_diag.capture.available_hooks(model)."
+                "List all with `fer-diag models --hooks MODEL` (MODEL: a zoo name, e.g. smollm2-135m) "
+                "or fer_diag.capture.available_hooks(model) from Python."
             )
         out.extend(h for h in hits if h not in out)
     return out
+
+
+def _unsupported(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in UNSUPPORTED_HOOKS
+
+
+def _kind_error(pattern: str) -> HookKindError:
+    return HookKindError(
+        f"hook {pattern!r} does not hold one activation vector per token position, which every analysis needs. "
+        f"Supported: {SUPPORTED_KINDS}."
+    )
+
+
+def per_position(name: str, act: torch.Tensor, tokens_shape: torch.Size) -> torch.Tensor:
+    """``act`` as ``[batch, pos, d]`` float32 on CPU; per-head ``[batch, pos, n_heads, d_head]`` flattened to
+    ``n_heads·d_head`` (heads in order, as sae-lens does for ``hook_z`` SAEs).
+
+    Raises :class:`~fer_diag.errors.HookKindError` for a shape that does not start with ``[batch, pos]``.
+    """
+    if act.ndim < 3 or tuple(act.shape[:2]) != tuple(tokens_shape):
+        raise HookKindError(
+            f"hook {name!r} gives activations of shape {list(act.shape)} for {list(tokens_shape)} tokens, not one "
+            f"vector per token position. Supported: {SUPPORTED_KINDS}."
+        )
+    return act.detach().flatten(2).to("cpu", torch.float32)
 
 
 def hook_layer(name: str) -> int | None:
@@ -171,7 +218,7 @@ class Capture:
             hi = min(lo + self.batch_size, n)
             tokens = windows.tokens[lo:hi]
             out, cache = self._forward(tokens, stop)
-            acts = {h: cache[h].detach().to("cpu", torch.float32) for h in self.hooks}
+            acts = {h: per_position(h, cache[h], tokens.shape) for h in self.hooks}
             mask = windows.mask[lo:hi]
             if self.check_finite:
                 self._check_finite(acts, mask, windows.set_name, lo)
@@ -181,7 +228,7 @@ class Capture:
                 level=text_set.level,
                 tokens=tokens,
                 mask=mask,
-                seq_index=torch.arange(lo, hi),
+                seq_index=windows.index[lo:hi],
                 acts=acts,
                 labels=None if labels is None else labels[windows.source_index[lo:hi]],
                 meta={"axis": text_set.axis},

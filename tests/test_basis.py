@@ -79,7 +79,9 @@ def test_ce_sums_known_answers(model):
     d = model.cfg.d_model
     w = windows(5, 10, model.cfg.d_vocab, seed=1)
     basis = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)})
-    sums = basis.ce_sums(model, w.tokens[:4], w.mask[:4])
+    per_window = basis.ce_sums(model, w.tokens[:4], w.mask[:4])
+    assert [len(v) for v in per_window.values()] == [4, 4]
+    sums = {h: sum(v, CESums()) for h, v in per_window.items()}
     exact, zero = sums[HOOK0], sums[HOOK1]
     assert exact.tokens == zero.tokens == 4 * 9
     with torch.no_grad():
@@ -94,7 +96,9 @@ def test_ce_sums_known_answers(model):
     _, cache = model.run_with_cache(w.tokens[:4], names_filter=[HOOK0, HOOK1])
     acts = {h: cache[h] for h in (HOOK0, HOOK1)}
     # the capture's clean NLL and activations: no clean pass, and the blocks before the hook are not run again
-    reused = basis.ce_sums(model, w.tokens[:4], w.mask[:4], clean_nll=clean_nll, acts=acts)
+    reused = {
+        h: sum(v, CESums()) for h, v in basis.ce_sums(model, w.tokens[:4], w.mask[:4], clean_nll, acts).items()
+    }
     for hook in sums:
         assert reused[hook].clean == pytest.approx(sums[hook].clean, rel=1e-6)
         assert reused[hook].sae == pytest.approx(sums[hook].sae, rel=1e-5)
@@ -104,7 +108,7 @@ def test_ce_sums_known_answers(model):
 def test_ce_splice_leaves_position_zero_alone(model):
     d = model.cfg.d_model
     w = windows(3, 2, model.cfg.d_vocab, seed=2)  # BOS-like position 0 + one counted token
-    sums = SAEBasis({HOOK0: zero_sae(d, HOOK0)}).ce_sums(model, w.tokens, w.mask)[HOOK0]
+    sums = sum(SAEBasis({HOOK0: zero_sae(d, HOOK0)}).ce_sums(model, w.tokens, w.mask)[HOOK0], CESums())
     # token 1 is predicted from position 0 alone, which is never replaced: all three CEs agree
     assert sums.tokens == 3
     assert sums.sae == pytest.approx(sums.clean, rel=1e-6)
@@ -124,6 +128,7 @@ def test_ce_sums_on_a_bridge_through_an_alias(tiny_bridge):
     model = tiny_bridge.model
     d = model.cfg.d_model
     w = windows(3, 8, model.cfg.d_vocab, seed=3)
-    sums = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w.tokens, w.mask)
+    per_window = SAEBasis({HOOK0: exact_sae(d, HOOK0), HOOK1: zero_sae(d, HOOK1)}).ce_sums(model, w.tokens, w.mask)
+    sums = {h: sum(v, CESums()) for h, v in per_window.items()}
     assert sums[HOOK0].score() == pytest.approx(1.0, abs=1e-4)
     assert sums[HOOK1].score() == pytest.approx(0.0, abs=1e-6)

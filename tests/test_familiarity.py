@@ -12,7 +12,8 @@ from scipy import stats as sst
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from fer_diag import stats
-from fer_diag.analyzers.familiarity import BASELINES, FamiliarityAnalyzer
+from fer_diag.analyzers.baselines import BASELINES, BaselineAnalyzer
+from fer_diag.familiarity import familiarity
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import ActivationBatch
 from fer_diag.data.suite import SetKind
@@ -160,7 +161,7 @@ def _suite():
 
 
 def _run(batches, massive=None):
-    sp, fam = SparsityAnalyzer(massive_dims=massive), FamiliarityAnalyzer()
+    sp, fam = SparsityAnalyzer(massive_dims=massive), BaselineAnalyzer()
     for b in batches:
         sp.update(b)
         fam.update(b)
@@ -169,7 +170,7 @@ def _run(batches, massive=None):
 
 def test_detects_a_sparser_shifted_set():
     sp, fam = _run(_suite())
-    res = fam.compute(sp.compute(), n_boot=200)
+    res = familiarity(sp.compute(), fam.compute(), n_boot=200)
     assert res.reference_set == "fortunes"
     (hoyer,) = res.rows(metric="hoyer", set_name="code", masked=False, reduce="mean")
     assert (hoyer.auroc, hoyer.direction, hoyer.sparsity_direction) == (1.0, "higher_is_ood", "sparser_is_ood")
@@ -195,7 +196,7 @@ def test_detects_a_sparser_shifted_set():
 
 def test_graded_axis_correlations():
     sp, fam = _run(_suite())
-    res = fam.compute(sp.compute(), n_boot=100)
+    res = familiarity(sp.compute(), fam.compute(), n_boot=100)
     (hoyer,) = res.rows("graded", metric="hoyer", masked=False, reduce="mean")
     assert hoyer.axis == "noise" and hoyer.levels == [0.0, 10.0, 40.0] and not hoyer.reference_as_level0
     assert hoyer.n_seqs == 48
@@ -208,7 +209,7 @@ def test_graded_axis_correlations():
     # without a level-0 set the reference stands in as level 0
     no_zero = [b for b in _suite() if b.set_name != "noise@0"]
     sp2, fam2 = _run(no_zero)
-    (row,) = fam2.compute(sp2.compute(), n_boot=0).rows("graded", metric="hoyer", masked=False, reduce="mean")
+    (row,) = familiarity(sp2.compute(), fam2.compute(), n_boot=0).rows("graded", metric="hoyer", masked=False, reduce="mean")
     assert row.reference_as_level0 and row.levels == [0.0, 10.0, 40.0] and row.pearson_ci is None
 
 
@@ -230,7 +231,7 @@ def test_length_matching_removes_a_length_confound():
     sp, fam = _run(
         [make("id", SetKind.IN_DISTRIBUTION, acts, mask), make("ood", SetKind.SHIFTED, acts[copy], mask[copy])]
     )
-    res = fam.compute(sp.compute(), n_boot=0)
+    res = familiarity(sp.compute(), fam.compute(), n_boot=0)
     (pr,) = res.rows(metric="participation_ratio", masked=False, set_name="ood")
     # pooled: short OOD never beat long ID, tie-like ½ within a length, long OOD beat short ID
     assert pr.auroc == pytest.approx((8 * 4 * 0.5 + 4 * 4 * 0.5 + 4 * 4 * 1.0) / (12 * 8))
@@ -246,21 +247,21 @@ def test_merge_equals_one_pass():
     _, left = _run(batches[:half])
     _, right = _run(batches[half:][::-1])
     merged = left.merge(right)
-    a = merged.compute(sp.compute(), n_boot=50).to_dict()
-    b = one.compute(sp.compute(), n_boot=50).to_dict()
+    a = familiarity(sp.compute(), merged.compute(), n_boot=50).to_dict()
+    b = familiarity(sp.compute(), one.compute(), n_boot=50).to_dict()
     assert a == b
 
 
 def test_reference_selection_and_baseline_only():
     batches = [b for b in _suite() if b.kind is not SetKind.GRADED]
     _, fam = _run(batches)
-    res = fam.compute(n_boot=0)  # baselines only, no sparsity result
+    res = familiarity(None, fam.compute(), n_boot=0)  # baselines only, no sparsity result
     assert {r.source for r in res.detection} == {"baseline"}
     assert res.settings["reference_set"] == "fortunes"
     fam.update(_batch("held_out", SetKind.IN_DISTRIBUTION, None, 0, 1.0, 0.0))
     with pytest.raises(ValueError, match="reference_set"):
-        fam.compute()
-    res = fam.compute(reference_set="held_out", n_boot=0)
+        familiarity(None, fam.compute())
+    res = familiarity(None, fam.compute(), reference_set="held_out", n_boot=0)
     assert {r.set_name for r in res.detection} == {"fortunes", "code"}
     with pytest.raises(KeyError, match="not seen"):
-        fam.compute(reference_set="nope")
+        familiarity(None, fam.compute(), reference_set="nope")

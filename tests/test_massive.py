@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from fer_diag.analyzers.massive import MassiveAnalyzer, detect_massive, massive_dims, scaffold_intervention
+from fer_diag.analyzers.massive import (
+    BINS_PER_DECADE,
+    N_BINS,
+    MassiveAnalyzer,
+    abs_bins,
+    detect_massive,
+    histogram_median,
+    massive_dims,
+)
 from fer_diag.capture import ActivationBatch, token_readouts
 from fer_diag.data.suite import SetKind
+from fer_diag.scaffold import scaffold_intervention
 
 D = 16
 
@@ -72,7 +82,7 @@ def test_analyzer_statistics_by_hand():
     assert res.hooks["blocks.2.hook_resid_post"].n_hits == 0
     hook = res.hooks["blocks.5.hook_resid_post"]
     assert (hook.layer, hook.n_seqs, hook.n_positions, hook.n_hits, hook.n_hit_tokens) == (5, 3, 18, 5, 5)
-    assert hook.median_abs_mean == 0.5
+    assert hook.median_abs == pytest.approx(0.5, rel=10 ** (1 / BINS_PER_DECADE) - 1)
     d3, d9 = hook.dims
     assert (d3.dim, d3.n_hits, d3.n_seqs, d3.hits_first_position, d3.hits_later_positions) == (3, 4, 3, 3, 1)
     assert d3.seq_frac == 1.0 and d3.max_abs == 1200.0
@@ -121,7 +131,7 @@ def test_merge_equals_one_pass():
     got, want = merged["hooks"]["blocks.1.hook_mlp_out"], single["hooks"]["blocks.1.hook_mlp_out"]
     for key in ("n_seqs", "n_positions", "n_hits", "n_hit_tokens"):
         assert got[key] == want[key]
-    for key in ("median_abs_mean", "energy_share_mean", "energy_share_max"):
+    for key in ("median_abs", "threshold", "energy_share_mean", "energy_share_max"):
         assert got[key] == pytest.approx(want[key], rel=1e-9)
     for a, b in zip(got["dims"], want["dims"], strict=True):
         assert {k: v for k, v in a.items() if k not in ("value_mean", "value_cv")} == {
@@ -129,7 +139,7 @@ def test_merge_equals_one_pass():
         }
         assert a["value_mean"] == pytest.approx(b["value_mean"], rel=1e-9)
         assert a["value_cv"] == pytest.approx(b["value_cv"], rel=1e-6)
-    with pytest.raises(ValueError, match="thresholds"):
+    with pytest.raises(ValueError, match="parameters"):
         MassiveAnalyzer().merge(MassiveAnalyzer(ratio=10.0))
 
 
@@ -187,3 +197,32 @@ def test_scaffold_intervention_on_a_planted_dim(planted_model):
     assert planted_model.blocks[0].hook_resid_post.fwd_hooks  # the permanent hook survived the runs
     with pytest.raises(ValueError, match="one mean value per dim"):
         scaffold_intervention(planted_model, tokens, hook, [3, 4], [0], [1.0])
+
+
+def test_histogram_median_matches_numpy_within_a_bin():
+    rng = np.random.default_rng(0)
+    for values in (rng.lognormal(0, 2, 10_001), rng.uniform(0, 3, 999), np.r_[np.zeros(10), rng.exponential(1, 11)]):
+        hist = np.bincount(abs_bins(values), minlength=N_BINS)
+        want = np.sort(values)[(len(values) - 1) // 2]
+        assert histogram_median(hist) == pytest.approx(want, rel=10 ** (1 / BINS_PER_DECADE) - 1, abs=1e-12)
+
+
+def test_result_does_not_depend_on_how_windows_are_batched():
+    """Regression: the median was taken per batch, so a value could be massive in one batching and not another."""
+    g = torch.Generator().manual_seed(3)
+    acts = torch.randn(8, 6, D, generator=g).abs() * 0.1
+    acts[4:] *= 100.0  # windows 4..7 have a 100× larger typical |h|
+    acts[5, 0, 2] = 5000.0  # ≥ 1000 × the global median, < 1000 × the median of windows 4..7 alone
+    mask = torch.ones(8, 6, dtype=torch.bool)
+    mask[:, 0] = False
+    tokens = torch.zeros(8, 6, dtype=torch.long)
+    hook = "blocks.0.hook_resid_post"
+    results = []
+    for size in (8, 4, 3):
+        an = MassiveAnalyzer()
+        for lo in range(0, 8, size):
+            an.update(make_batch({hook: acts[lo : lo + size]}, tokens[lo : lo + size], mask[lo : lo + size], lo))
+        results.append(an.compute().to_dict())
+    assert results[0] == results[1] == results[2]
+    assert massive_dims(MassiveAnalyzer().compute()) == {}
+    assert [d["dim"] for d in results[0]["hooks"][hook]["dims"]] == [2]

@@ -103,8 +103,20 @@ def test_width_mismatch_names_both_numbers(model):
 
 
 def test_sae_for_hook_not_captured(model):
-    with pytest.raises(SAEMatchError, match=r"not captured.*--hook blocks\.1\.hook_resid_post"):
+    with pytest.raises(SAEMatchError, match=r"not captured.*--hooks blocks\.1\.hook_resid_post"):
         match_saes(make_sae(model.cfg.d_model, HOOK1), model, [HOOK0])
+
+
+def test_sae_spec_is_checked_without_loading(tmp_path):
+    from fer_diag.errors import FerDiagError
+    from fer_diag.sae.loading import check_sae_spec
+
+    with pytest.raises(SAELoadError, match="neither an existing folder") as err:
+        check_sae_spec(tmp_path / "no-such-sae")
+    assert isinstance(err.value, FerDiagError) and issubclass(SAEMatchError, FerDiagError)
+    with pytest.raises(SAELoadError, match=r"missing cfg\.json"):
+        check_sae_spec(tmp_path)
+    assert check_sae_spec(shipped_sae_dir("smollm2-135m") / "blocks.3.hook_resid_post") == "folder"
 
 
 def test_sae_for_hook_the_model_lacks(model):
@@ -173,7 +185,7 @@ def test_fidelity_equals_direct_sae_lens_computation(model, cfg_cls, kw):
     sae = make_sae(model.cfg.d_model, HOOK1, cfg_cls=cfg_cls, **kw)
     (batch,) = capture_batches(model, ID, n=4, batch_size=4)
     fid = SAEFidelityAnalyzer({HOOK1: sae}, massive_dims={HOOK1: [3, 0], HOOK0: [1]})
-    fid.update(batch)
+    fid.update(SAEBasis({HOOK1: sae}).read(batch))
     result = fid.compute()["hooks"]
     assert list(result) == [HOOK1] and result[HOOK1]["massive_dims"] == [0, 3]
     got = result[HOOK1]["sets"]["id"]
@@ -200,14 +212,15 @@ def test_fidelity_equals_direct_sae_lens_computation(model, cfg_cls, kw):
 def test_fidelity_merge_of_shards_equals_one_pass(model):
     saes = {HOOK0: make_sae(model.cfg.d_model, HOOK0), HOOK1: make_sae(model.cfg.d_model, HOOK1, seed=1)}
     batches = capture_batches(model, ID) + capture_batches(model, OOD, seed=5)
-    one, a, b = (SAEFidelityAnalyzer(saes, massive_dims={HOOK0: [2]}) for _ in range(3))
+    one, a, b = (SAEFidelityAnalyzer(saes, massive_dims={HOOK0: [2]}, n_boot=50) for _ in range(3))
     basis = SAEBasis(saes)
+    ce = [CESums(10.0, 12.0, 20.0, 5), CESums(10.0, 11.0, 30.0, 5)]
     for i, batch in enumerate(batches):
-        one.update(batch, basis.read(batch))
-        (a if i % 2 else b).update(batch)
-    ce = {HOOK0: CESums(10.0, 12.0, 20.0, 5), HOOK1: CESums(10.0, 11.0, 30.0, 5)}
-    one.update_ce("ood", ce)
-    a.update_ce("ood", ce)
+        latents = basis.read(batch)
+        if batch.set_name == "ood":  # CE sums of each window, as the pipeline attaches them
+            latents.ce = {hook: {int(s): ce[int(s) % 2] for s in batch.seq_index} for hook in saes}
+        one.update(latents)
+        (a if i % 2 else b).update(latents)
     merged = a.merge(b).compute()
     want = one.compute()
     for hook in saes:
@@ -217,21 +230,25 @@ def test_fidelity_merge_of_shards_equals_one_pass(model):
                 want_value = pytest.approx(value, rel=1e-9) if isinstance(value, float | dict) else value
                 assert got == want_value, (hook, s, key)
     ood = want["hooks"][HOOK1]["sets"]["ood"]
-    assert ood["ce_score"] == pytest.approx((30 - 11) / (30 - 10))
+    n_ood = sum(len(bt.seq_index) for bt in batches if bt.set_name == "ood")
+    half = n_ood // 2  # even windows carry ce[0], odd ones ce[1]
+    clean, sae_, abl = 10.0 * n_ood, 12.0 * (n_ood - half) + 11.0 * half, 20.0 * (n_ood - half) + 30.0 * half
+    assert ood["ce_score"] == pytest.approx((abl - sae_) / (abl - clean))
+    assert ood["ce_windows"] == n_ood and ood["ce_score_ci"][0] <= ood["ce_score"] <= ood["ce_score_ci"][1]
     assert ood["ev_drop"] == pytest.approx(want["hooks"][HOOK1]["reference_ev"] - ood["explained_variance"])
     assert "massive_masked" in want["hooks"][HOOK0]["sets"]["ood"]
     assert "massive_masked" not in ood
     with pytest.raises(TypeError):
         one.merge(ShiftedLatentsAnalyzer())
-    with pytest.raises(ValueError, match="massive dims"):
+    with pytest.raises(ValueError, match="parameters"):
         one.merge(SAEFidelityAnalyzer(saes))
 
 
-def test_fidelity_rejects_latent_batches(model):
+def test_fidelity_rejects_raw_batches(model):
     sae = make_sae(model.cfg.d_model, HOOK1)
     (batch,) = capture_batches(model, ID, n=3, batch_size=3)
-    with pytest.raises(ValueError, match="raw batch"):
-        SAEFidelityAnalyzer({HOOK1: sae}).update(SAEBasis({HOOK1: sae}).read(batch))
+    with pytest.raises(ValueError, match="raw vectors"):
+        SAEFidelityAnalyzer({HOOK1: sae}).update(batch)
 
 
 # ------------------------------------------------------------ shifted latents
@@ -260,11 +277,11 @@ SHIFT = {0: 0.5, 3: 0.95, 5: 0.1, 7: 0.3}
 
 
 def test_shifted_latents_finds_planted_latents(tiny_tokenizer):
-    an = ShiftedLatentsAnalyzer(n_contexts=3, context=2, top_latents=2)
+    an = ShiftedLatentsAnalyzer(n_contexts=3, context=2, top_latents=2, tokenizer=tiny_tokenizer)
     for seed in range(3):
         an.update(latent_batch(ID, PLANT, seed=seed))
         an.update(latent_batch(OOD, SHIFT, seed=10 + seed))
-    out = an.compute(tokenizer=tiny_tokenizer)
+    out = an.compute()
     assert out["reference_sets"] == ["id"]
     ood = out["hooks"][HOOK1]["ood"]
     assert ood["gained"][0]["latent"] == 3 and ood["gained"][0]["change"] > 0.7
@@ -359,6 +376,32 @@ def test_training_needs_enough_text(tiny_hooked):
         train_sae(tiny_hooked, HOOK0, ["The quick brown fox."] * 20, cache_tokens=40, seq_len=16, progress=False)
 
 
+# --------------------------------------------------------------- shipped SAEs
+def _assert_shipped_saes_present() -> None:
+    from fer_diag.sae.recipe import DEFAULT_SAE_HOOKS
+
+    root = shipped_sae_dir("smollm2-135m")
+    for hook in DEFAULT_SAE_HOOKS["smollm2-135m"]:
+        for name in ("cfg.json", "sae_weights.safetensors", "card.json"):
+            assert (root / hook / name).is_file(), f"shipped SAE file missing: {root / hook / name}"
+
+
+def test_shipped_default_saes_are_packaged_and_load():
+    """Runs without the model: missing or unreadable shipped SAEs fail, they are not skipped."""
+    from fer_diag.sae.recipe import DEFAULT_SAE_HOOKS
+
+    _assert_shipped_saes_present()
+    saes = default_saes("smollm2-135m")
+    assert list(saes) == list(DEFAULT_SAE_HOOKS["smollm2-135m"])
+    assert all(sae.cfg.d_in == 576 for sae in saes.values())
+
+
+def test_shipped_sae_check_fails_when_a_folder_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setitem(globals(), "shipped_sae_dir", lambda name: tmp_path)  # an install without the assets
+    with pytest.raises(AssertionError, match="shipped SAE file missing"):
+        _assert_shipped_saes_present()
+
+
 # --------------------------------------------------------------- integration
 @pytest.mark.integration
 def test_shipped_default_saes_on_smollm2(smollm2):
@@ -366,8 +409,7 @@ def test_shipped_default_saes_on_smollm2(smollm2):
     from fer_diag.data.sources import english_fortunes
     from fer_diag.data.suite import tokenize_windows
 
-    if not any(shipped_sae_dir("smollm2-135m").glob("*/cfg.json")):
-        pytest.skip("no default SAEs shipped in fer_diag/assets/saes yet (train them: fer-diag train-sae)")
+    _assert_shipped_saes_present()  # a packaging regression fails here; it is never a skip
     saes = default_saes("smollm2-135m")
     assert list(saes) == ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post", "blocks.26.hook_resid_post"]
     hooks = list(saes)

@@ -1,13 +1,8 @@
 """Analyzers: streaming accumulators over captured activations (see :mod:`.base`)."""
 
-from fer_diag.analyzers.familiarity import FamiliarityAnalyzer, FamiliarityResult
-from fer_diag.analyzers.massive import (
-    MassiveAnalyzer,
-    MassiveResult,
-    detect_massive,
-    massive_dims,
-    scaffold_intervention,
-)
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.baselines import BASELINES, BaselineAnalyzer, BaselineResult
+from fer_diag.analyzers.massive import MassiveAnalyzer, MassiveResult, detect_massive, massive_dims
 from fer_diag.analyzers.sparsity import (
     METRIC_SENSE,
     SparsityAnalyzer,
@@ -17,16 +12,18 @@ from fer_diag.analyzers.sparsity import (
 )
 
 __all__ = [
+    "BASELINES",
     "METRIC_SENSE",
-    "FamiliarityAnalyzer",
-    "FamiliarityResult",
+    "Analyzer",
+    "BaselineAnalyzer",
+    "BaselineResult",
     "MassiveAnalyzer",
     "MassiveResult",
+    "Reading",
     "SparsityAnalyzer",
     "SparsityResult",
     "detect_massive",
     "massive_dims",
     "participation_ratio",
-    "scaffold_intervention",
     "token_metrics",
 ]

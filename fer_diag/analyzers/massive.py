@@ -1,34 +1,44 @@
-"""Massive activations (Sun et al. 2024, arXiv 2402.17762) and their scaffold intervention.
+"""Massive activations (Sun et al. 2024, arXiv 2402.17762).
 
 A coordinate h_{b,t,j} of a hook is *massive* when |h| > ``abs_threshold`` (100)
-and |h| ≥ ``ratio`` (1000) × the median |h| over the hook's whole activation
-tensor of that batch. Massive activations sit at the first token (BOS) and at
-delimiter tokens, so detection looks at every position that is not padding —
-position 0 included, although ``batch.mask`` excludes it from the statistics.
+and |h| ≥ ``ratio`` (1000) × the median |h| of the hook. Massive activations sit
+at the first token (BOS) and at delimiter tokens, so detection looks at every
+position that is not padding — position 0 included, although ``batch.mask``
+excludes it from the statistics.
 
-:class:`MassiveAnalyzer` reports per hook the dims found, hit counts at the
+:func:`detect_massive` is the functional core on one tensor (its own exact
+median). :class:`MassiveAnalyzer` streams: the median must be the hook's median
+over *everything* seen, not per batch (else results depend on how windows are
+batched), so it keeps a fixed log-spaced histogram of |h| (``BINS_PER_DECADE``
+bins per decade from 1e-8 to 1e8; counts are exactly mergeable) and estimates
+the median inside its bin by geometric interpolation (relative error below
+10^(1/BINS_PER_DECADE) − 1 ≈ 2.3 %). Candidates (|h| > ``abs_threshold``) are
+accumulated per (hook, dim, bin of |h|); ``compute`` keeps the bins whose
+geometric centre clears ``ratio`` × median, so the ratio test is applied at the
+histogram's resolution and the result does not depend on batching or sharding.
+
+The analyzer reports per hook the dims found, hit counts at the
 first vs later positions and the token ids there, value statistics with the
 coefficient of variation across inputs (small = input-agnostic), the share of
 ‖h‖² the hits carry at their tokens, and the first layer where any appears.
 :func:`massive_dims` turns a result into the ``hook → dims`` map that
 :class:`~fer_diag.analyzers.sparsity.SparsityAnalyzer` masks, and
-:func:`scaffold_intervention` repeats Sun et al.'s test: setting the massive
-values to their mean across inputs barely changes the loss, zeroing them
-destroys it.
+:func:`fer_diag.scaffold.scaffold_intervention` repeats Sun et al.'s test (it runs
+the model, so it lives outside the analyzers).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Self
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from fer_diag.analyzers.base import Analyzer
-from fer_diag.capture import ActivationBatch, hook_layer, token_readouts
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.capture import ActivationBatch, hook_layer
 
 
 class MassiveHit(NamedTuple):
@@ -96,6 +106,40 @@ def detect_massive(
     return MassiveHits(rows[i], pos[i], dims, sub[i, dims], median)
 
 
+# --------------------------------------------------------------------------- histogram
+BINS_PER_DECADE = 100
+LOG10_MIN, LOG10_MAX = -8, 8
+#: bin 0 holds |h| < 1e-8 (zeros included), the last bin |h| ≥ 1e8
+N_BINS = (LOG10_MAX - LOG10_MIN) * BINS_PER_DECADE + 2
+
+
+def abs_bins(a: np.ndarray) -> np.ndarray:
+    """Histogram bin of each |h| value ``a ≥ 0`` (module docstring)."""
+    with np.errstate(divide="ignore"):
+        pos = np.floor((np.log10(a) - LOG10_MIN) * BINS_PER_DECADE)
+    return np.clip(np.nan_to_num(pos, neginf=-1.0) + 1, 0, N_BINS - 1).astype(np.int64)
+
+
+def bin_centre(b: np.ndarray | int) -> np.ndarray:
+    """Geometric centre of bin ``b`` (0 for the underflow bin)."""
+    b = np.asarray(b, dtype=np.float64)
+    return np.where(b > 0, 10.0 ** (LOG10_MIN + (b - 0.5) / BINS_PER_DECADE), 0.0)
+
+
+def histogram_median(hist: np.ndarray) -> float:
+    """Lower median of the values counted in ``hist``, interpolated geometrically inside its bin."""
+    n = int(hist.sum())
+    if n == 0:
+        return float("nan")
+    k = (n - 1) // 2
+    cum = np.cumsum(hist)
+    b = int(np.searchsorted(cum, k, side="right"))
+    if b == 0:
+        return 0.0
+    frac = (k - (cum[b] - hist[b]) + 0.5) / hist[b]
+    return float(10.0 ** (LOG10_MIN + (b - 1 + frac) / BINS_PER_DECADE))
+
+
 # --------------------------------------------------------------------------- results
 @dataclass
 class MassiveDim:
@@ -125,10 +169,11 @@ class MassiveHook:
     layer: int | None
     n_seqs: int
     n_positions: int
-    median_abs_mean: float | None  # mean over batches of the median |h| (batches with a candidate only)
+    median_abs: float | None  # median |h| over every non-padding position seen (histogram estimate)
+    threshold: float | None  # max(abs_threshold, ratio × median_abs): the |h| a hit must reach
     n_hits: int
     n_hit_tokens: int
-    energy_share_mean: float | None  # mean over hit tokens of Σ_hits h² / ‖h‖²
+    energy_share_mean: float | None  # mean over hit tokens of Σ_{|h_j| > abs_threshold} h_j² / ‖h‖²
     energy_share_max: float | None
     dims: list[MassiveDim]
 
@@ -139,6 +184,7 @@ class MassiveResult:
 
     abs_threshold: float
     ratio: float
+    bins_per_decade: int
     hooks: dict[str, MassiveHook]
     first_layer: int | None  # smallest block index with any hit, over the analysed hooks
     first_hook: str | None
@@ -152,116 +198,24 @@ def massive_dims(result: MassiveResult, min_seq_frac: float = 0.0) -> dict[str, 
     return {hook: sorted(m.dim for m in h.dims if m.seq_frac > min_seq_frac) for hook, h in result.hooks.items()}
 
 
+def calibrate_massive_dims(batch: ActivationBatch, abs_threshold: float, ratio: float) -> dict[str, list[int]]:
+    """Massive dims per hook found in one batch (the audit's first in-distribution batch).
+
+    Masking them in the sparsity metrics needs the dims before the main pass; the
+    full-run analyzer later reports every dim it finds, beside these.
+    """
+    probe = MassiveAnalyzer(abs_threshold=abs_threshold, ratio=ratio)
+    probe.update(batch)
+    return massive_dims(probe.compute())
+
+
 # --------------------------------------------------------------------------- analyzer
 def _by_count(item: tuple[int, int]) -> tuple[int, int]:
     return -item[1], item[0]  # most hits first, then token id: independent of arrival order
 
 
-@dataclass
-class _DimAcc:
-    n_hits: int = 0
-    n_seqs: int = 0
-    first: int = 0
-    later: int = 0
-    max_abs: float = 0.0
-    seq_sum: float = 0.0
-    seq_sumsq: float = 0.0
-    tokens: Counter = field(default_factory=Counter)
-
-    def merge(self, o: _DimAcc) -> None:
-        for name in ("n_hits", "n_seqs", "first", "later", "seq_sum", "seq_sumsq"):
-            setattr(self, name, getattr(self, name) + getattr(o, name))
-        self.max_abs = max(self.max_abs, o.max_abs)
-        self.tokens.update(o.tokens)
-
-
-@dataclass
-class _HookAcc:
-    n_seqs: int = 0
-    n_positions: int = 0
-    median_sum: float = 0.0
-    n_medians: int = 0
-    n_hits: int = 0
-    n_hit_tokens: int = 0
-    share_sum: float = 0.0
-    share_max: float = 0.0
-    dims: dict[int, _DimAcc] = field(default_factory=dict)
-
-    def add(self, x: torch.Tensor, tokens: torch.Tensor, hits: MassiveHits) -> None:
-        if not len(hits):
-            return
-        self.median_sum += hits.median
-        self.n_medians += 1
-        self.n_hits += len(hits)
-        rows, pos, dims, vals = (t.numpy() for t in (hits.rows, hits.positions, hits.dims, hits.values))
-        # energy share of the hits at each hit token
-        tok_id, tok_of_hit = np.unique(rows * x.shape[1] + pos, return_inverse=True)
-        tr, tp = torch.from_numpy(tok_id // x.shape[1]), torch.from_numpy(tok_id % x.shape[1])
-        norm2 = x[tr, tp].double().square().sum(-1).numpy()
-        share = np.bincount(tok_of_hit, weights=vals.astype(np.float64) ** 2) / norm2
-        self.n_hit_tokens += len(share)
-        self.share_sum += float(share.sum())
-        self.share_max = max(self.share_max, float(share.max()))
-        tok = tokens[hits.rows, hits.positions].numpy()
-        order = np.argsort(-np.abs(vals), kind="stable")  # per (window, dim): the hit of largest |h| comes first
-        for dim in np.unique(dims):
-            acc = self.dims.setdefault(int(dim), _DimAcc())
-            sel = dims == dim
-            acc.n_hits += int(sel.sum())
-            acc.first += int((pos[sel] == 0).sum())
-            acc.later += int((pos[sel] != 0).sum())
-            acc.max_abs = max(acc.max_abs, float(np.abs(vals[sel]).max()))
-            acc.tokens.update(tok[sel].tolist())
-            o = order[sel[order]]
-            _, first = np.unique(rows[o], return_index=True)
-            per_seq = vals[o][first].astype(np.float64)
-            acc.n_seqs += len(per_seq)
-            acc.seq_sum += float(per_seq.sum())
-            acc.seq_sumsq += float(np.square(per_seq).sum())
-
-    def merge(self, o: _HookAcc) -> None:
-        for name in ("n_seqs", "n_positions", "median_sum", "n_medians", "n_hits", "n_hit_tokens", "share_sum"):
-            setattr(self, name, getattr(self, name) + getattr(o, name))
-        self.share_max = max(self.share_max, o.share_max)
-        for dim, acc in o.dims.items():
-            self.dims.setdefault(dim, _DimAcc()).merge(acc)
-
-    def result(self, hook: str, top_tokens: int) -> MassiveHook:
-        dims = []
-        for dim, a in self.dims.items():
-            mean = a.seq_sum / a.n_seqs
-            std = np.sqrt(max(a.seq_sumsq / a.n_seqs - mean * mean, 0.0))
-            dims.append(
-                MassiveDim(
-                    dim=dim,
-                    n_hits=a.n_hits,
-                    n_seqs=a.n_seqs,
-                    seq_frac=a.n_seqs / max(self.n_seqs, 1),
-                    hits_first_position=a.first,
-                    hits_later_positions=a.later,
-                    max_abs=a.max_abs,
-                    value_mean=mean,
-                    value_cv=float(std / abs(mean)) if mean else None,
-                    top_tokens=sorted(((int(t), int(c)) for t, c in a.tokens.items()), key=_by_count)[:top_tokens],
-                )
-            )
-        dims.sort(key=lambda m: (-m.n_hits, m.dim))
-        return MassiveHook(
-            hook=hook,
-            layer=hook_layer(hook),
-            n_seqs=self.n_seqs,
-            n_positions=self.n_positions,
-            median_abs_mean=self.median_sum / self.n_medians if self.n_medians else None,
-            n_hits=self.n_hits,
-            n_hit_tokens=self.n_hit_tokens,
-            energy_share_mean=self.share_sum / self.n_hit_tokens if self.n_hit_tokens else None,
-            energy_share_max=self.share_max if self.n_hit_tokens else None,
-            dims=dims,
-        )
-
-
 class MassiveAnalyzer(Analyzer):
-    """Massive activations per hook (raw basis only; batches in other bases are ignored).
+    """Massive activations per hook (raw basis only; see the module docstring for the streaming median).
 
     Parameters
     ----------
@@ -269,10 +223,13 @@ class MassiveAnalyzer(Analyzer):
     abs_threshold, ratio: the Sun et al. criterion (|h| > 100 and ≥ 1000 × median |h|).
     top_tokens: token ids listed per dim.
 
-    Memory: counters per (hook, dim, token id) — bounded by the vocabulary.
+    Memory: an ``N_BINS`` histogram per hook, and counters per (hook, dim, bin,
+    token id) of the candidates above ``abs_threshold`` — bounded by the
+    vocabulary and the bins, not by the corpus.
     """
 
     name = "massive"
+    reads = frozenset({Reading.RAW})
 
     def __init__(
         self,
@@ -285,103 +242,128 @@ class MassiveAnalyzer(Analyzer):
         self.abs_threshold = abs_threshold
         self.ratio = ratio
         self.top_tokens = top_tokens
-        self._acc: dict[str, _HookAcc] = {}
+        self.add_state("hist", {}, "sum")  # hook → [N_BINS] counts of |h| over non-padding positions
+        self.add_state("n_seqs", {}, "sum")  # hook → windows
+        self.add_state("n_positions", {}, "sum")  # hook → non-padding positions
+        # candidates |h| > abs_threshold, keyed (hook, dim, bin of |h|)
+        self.add_state("hit_n", {}, "sum")
+        self.add_state("hit_first", {}, "sum")  # … at position 0
+        self.add_state("hit_max", {}, "max")  # … largest |h|
+        self.add_state("hit_tokens", {}, "sum")  # … Counter of token ids
+        # per (window, dim) the candidate of largest |h|, keyed (hook, dim, bin of that |h|)
+        self.add_state("seq_n", {}, "sum")
+        self.add_state("seq_sum", {}, "sum")
+        self.add_state("seq_sumsq", {}, "sum")
+        # per token with a candidate: its energy share, keyed (hook, bin of the token's largest candidate)
+        self.add_state("tok_n", {}, "sum")
+        self.add_state("share_sum", {}, "sum")
+        self.add_state("share_max", {}, "max")
 
     def update(self, batch: ActivationBatch) -> None:
         if batch.basis != "raw":
             return
-        n_positions = int((batch.mask.bool() | (torch.arange(batch.mask.shape[1]) == 0)).sum())
+        valid = batch.mask.bool().cpu().clone()
+        valid[:, 0] = True  # BOS counts for detection; padding does not
         hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
+        tokens = batch.tokens.cpu()
         for hook in hooks:
-            x = batch.acts[hook]
-            acc = self._acc.setdefault(hook, _HookAcc())
-            acc.n_seqs += x.shape[0]
-            acc.n_positions += n_positions
-            acc.add(x, batch.tokens.cpu(), detect_massive(x, batch.mask, self.abs_threshold, self.ratio))
+            x = batch.acts[hook].detach().cpu()
+            self.n_seqs[hook] = self.n_seqs.get(hook, 0) + x.shape[0]
+            self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
+            a = x[valid].abs().numpy()
+            counts = np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
+            self.hist[hook] = counts if hook not in self.hist else self.hist[hook] + counts
+            self._candidates(hook, x, valid, tokens)
 
-    def merge(self, other: MassiveAnalyzer) -> Self:
-        self._check_mergeable(other)
-        if (other.abs_threshold, other.ratio) != (self.abs_threshold, self.ratio):
-            raise ValueError("cannot merge massive analyzers with different thresholds")
-        for hook, acc in other._acc.items():
-            self._acc.setdefault(hook, _HookAcc()).merge(acc)
-        return self
+    def _candidates(self, hook: str, x: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor) -> None:
+        cand = valid & (x.abs().amax(-1) > self.abs_threshold)
+        if not cand.any():
+            return
+        rows, pos = cand.nonzero(as_tuple=True)
+        sub = x[rows, pos].double()  # [n_tokens_with_candidates, d]
+        big = sub.abs() > self.abs_threshold
+        i, dims = big.nonzero(as_tuple=True)
+        vals = sub[i, dims].numpy()
+        bins = abs_bins(np.abs(vals))
+        r, p, d, tok = rows[i].numpy(), pos[i].numpy(), dims.numpy(), tokens[rows[i], pos[i]].numpy()
+        for k in range(len(vals)):
+            key = (hook, int(d[k]), int(bins[k]))
+            self.hit_n[key] = self.hit_n.get(key, 0) + 1
+            self.hit_first[key] = self.hit_first.get(key, 0) + int(p[k] == 0)
+            self.hit_max[key] = max(self.hit_max.get(key, 0.0), abs(float(vals[k])))
+            self.hit_tokens.setdefault(key, Counter())[int(tok[k])] += 1
+        # per (window, dim): the candidate of largest |h| (ties: first position)
+        order = np.lexsort((p, -np.abs(vals), d, r))
+        _, first = np.unique(np.stack([r[order], d[order]], 1), axis=0, return_index=True)
+        for k in order[first]:
+            key = (hook, int(d[k]), int(bins[k]))
+            v = float(vals[k])
+            self.seq_n[key] = self.seq_n.get(key, 0) + 1
+            self.seq_sum[key] = self.seq_sum.get(key, 0.0) + v
+            self.seq_sumsq[key] = self.seq_sumsq.get(key, 0.0) + v * v
+        # per token: share of ‖h‖² above the absolute threshold, binned by the token's largest candidate
+        share = (torch.where(big, sub, 0.0).square().sum(1) / sub.square().sum(1)).numpy()
+        tok_bin = abs_bins(sub.abs().amax(1).numpy())
+        for s, b in zip(share.tolist(), tok_bin.tolist(), strict=True):
+            key = (hook, b)
+            self.tok_n[key] = self.tok_n.get(key, 0) + 1
+            self.share_sum[key] = self.share_sum.get(key, 0.0) + s
+            self.share_max[key] = max(self.share_max.get(key, 0.0), s)
 
     def compute(self) -> MassiveResult:
-        hooks = {h: acc.result(h, self.top_tokens) for h, acc in self._acc.items()}
+        hooks = {h: self._hook(h) for h in self.hist}
         found = [(r.layer, h) for h, r in hooks.items() if r.n_hits and r.layer is not None]
         first_layer, first_hook = min(found) if found else (None, None)
-        return MassiveResult(self.abs_threshold, self.ratio, hooks, first_layer, first_hook)
+        return MassiveResult(self.abs_threshold, self.ratio, BINS_PER_DECADE, hooks, first_layer, first_hook)
 
+    def _hook(self, hook: str) -> MassiveHook:
+        median = histogram_median(self.hist[hook])
+        threshold = max(self.abs_threshold, self.ratio * median) if np.isfinite(median) else None
 
-# --------------------------------------------------------------------------- intervention
-@torch.no_grad()
-def scaffold_intervention(
-    model,
-    tokens: torch.Tensor,
-    hook: str,
-    dims: Sequence[int],
-    positions: Sequence[int] | torch.Tensor,
-    mean_values: Sequence[float] | torch.Tensor,
-    loss_mask: torch.Tensor | None = None,
-    clean_nll: torch.Tensor | None = None,
-) -> dict:
-    """Sun et al.'s test of massive activations as fixed biases: mean next-token NLL of three runs.
+        def kept(key: tuple) -> bool:
+            return key[0] == hook and threshold is not None and float(bin_centre(key[-1])) >= threshold
 
-    * clean: the model as is;
-    * mean: ``h[:, p, dims] := mean_values`` at ``hook`` for the positions ``p``;
-    * zero: ``h[:, p, dims] := 0``.
-
-    ``positions`` is a list of positions (e.g. ``[0]``) or a ``[B, T]`` bool mask
-    (e.g. delimiter tokens); ``mean_values`` has one value per dim (their mean over
-    inputs, e.g. ``MassiveDim.value_mean``). NLL is averaged over predicted tokens
-    (positions ≥ 1, and where ``loss_mask`` is True). Works with any model that has
-    ``run_with_hooks`` (HookedTransformer, TransformerBridge). ``clean_nll``, the
-    clean run's per-token NLL of these tokens (:func:`fer_diag.capture.token_readouts`,
-    as a capture with logits already has it), saves the clean forward pass.
-    Expected for genuine massive activations: nll_mean ≈ nll_clean ≪ nll_zero.
-    """
-    tokens = torch.as_tensor(tokens)
-    dims_t = torch.as_tensor(list(dims), dtype=torch.long)
-    means = torch.as_tensor(mean_values, dtype=torch.float32).reshape(-1)
-    if len(means) != len(dims_t):
-        raise ValueError(f"need one mean value per dim: {len(dims_t)} dims, {len(means)} values")
-    if torch.is_tensor(positions) and positions.dtype == torch.bool:
-        where = positions.cpu()
-    else:
-        where = torch.zeros(tokens.shape, dtype=torch.bool)
-        where[:, torch.as_tensor(list(positions), dtype=torch.long)] = True
-
-    def setter(values: torch.Tensor):
-        def edit(act: torch.Tensor, hook) -> torch.Tensor:
-            sel = where.to(act.device)
-            sub = act[:, :, dims_t.to(act.device)]
-            sub[sel] = values.to(act.device, act.dtype)
-            act[:, :, dims_t.to(act.device)] = sub
-            return act
-
-        return edit
-
-    valid = torch.ones(tokens.shape, dtype=torch.bool) if loss_mask is None else loss_mask.bool().cpu()
-
-    def mean_nll(per_token: torch.Tensor) -> float:
-        keep = valid & torch.isfinite(per_token)  # NaN at position 0
-        return float(per_token[keep].mean())
-
-    def nll(fwd_hooks: list) -> float:
-        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
-        return mean_nll(token_readouts(logits, tokens)[0])
-
-    clean = nll([]) if clean_nll is None else mean_nll(clean_nll.cpu())
-    mean = nll([(hook, setter(means))])
-    zero = nll([(hook, setter(torch.zeros_like(means)))])
-    return {
-        "hook": hook,
-        "dims": dims_t.tolist(),
-        "n_positions": int(where.sum()),
-        "nll_clean": clean,
-        "nll_mean": mean,
-        "nll_zero": zero,
-        "delta_mean": mean - clean,
-        "delta_zero": zero - clean,
-    }
+        per_dim: dict[int, list[tuple]] = {}
+        for key in filter(kept, self.hit_n):
+            per_dim.setdefault(key[1], []).append(key)
+        n_seqs = self.n_seqs[hook]
+        dims = []
+        for dim, keys in per_dim.items():
+            seq_keys = [k for k in keys if k in self.seq_n]
+            n = sum(self.seq_n[k] for k in seq_keys)
+            total = sum(self.seq_sum[k] for k in seq_keys)
+            mean = total / n if n else 0.0
+            var = max(sum(self.seq_sumsq[k] for k in seq_keys) / n - mean * mean, 0.0) if n else 0.0
+            n_hits = sum(self.hit_n[k] for k in keys)
+            first = sum(self.hit_first[k] for k in keys)
+            tokens = sum((self.hit_tokens[k] for k in keys), Counter())
+            dims.append(
+                MassiveDim(
+                    dim=dim,
+                    n_hits=n_hits,
+                    n_seqs=n,
+                    seq_frac=n / max(n_seqs, 1),
+                    hits_first_position=first,
+                    hits_later_positions=n_hits - first,
+                    max_abs=max(self.hit_max[k] for k in keys),
+                    value_mean=mean,
+                    value_cv=float(np.sqrt(var) / abs(mean)) if mean else None,
+                    top_tokens=sorted(((int(t), int(c)) for t, c in tokens.items()), key=_by_count)[: self.top_tokens],
+                )
+            )
+        dims.sort(key=lambda m: (-m.n_hits, m.dim))
+        tok_keys = [k for k in self.tok_n if kept(k)]
+        n_tok = sum(self.tok_n[k] for k in tok_keys)
+        return MassiveHook(
+            hook=hook,
+            layer=hook_layer(hook),
+            n_seqs=n_seqs,
+            n_positions=self.n_positions[hook],
+            median_abs=median if np.isfinite(median) else None,
+            threshold=threshold,
+            n_hits=sum(m.n_hits for m in dims),
+            n_hit_tokens=n_tok,
+            energy_share_mean=sum(self.share_sum[k] for k in tok_keys) / n_tok if n_tok else None,
+            energy_share_max=max(self.share_max[k] for k in tok_keys) if n_tok else None,
+            dims=dims,
+        )

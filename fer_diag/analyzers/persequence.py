@@ -36,9 +36,10 @@ class SetInfo:
         return asdict(self)
 
 
-def record_set(sets: dict[str, SetInfo], batch: ActivationBatch) -> None:
-    """Note ``batch``'s text set in ``sets``; a set seen with another kind/level/axis is an error."""
+def record_set(sets: dict[str, SetInfo], batch: ActivationBatch) -> SetInfo:
+    """Note ``batch``'s text set in ``sets`` and return it; a set seen with another kind/level/axis is an error."""
     merge_sets(sets, {batch.set_name: SetInfo.of(batch)})
+    return sets[batch.set_name]
 
 
 def merge_sets(into: dict[str, SetInfo], other: dict[str, SetInfo]) -> dict[str, SetInfo]:

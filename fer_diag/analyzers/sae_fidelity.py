@@ -10,10 +10,10 @@ and x̂ = decode(encode(x)):
 * ``relative_mse`` = Σ‖x − x̂‖² / Σ‖x‖².
 * ``l0``: mean number of non-zero latents per token.
 * ``ce_score`` = (CE_abl − CE_sae)/(CE_abl − CE_clean), CE the mean next-token
-  NLL with the hook left alone, replaced by x̂, or zero-ablated — from
-  :meth:`fer_diag.basis.SAEBasis.ce_sums` on a bounded number of windows per set,
-  passed in with :meth:`SAEFidelityAnalyzer.update_ce` (the analyzer never runs
-  the model).
+  NLL with the hook left alone, replaced by x̂, or zero-ablated — summed from
+  the ``batch.ce`` that the pipeline attaches to the windows numbered below its
+  ``ce_windows`` (:meth:`fer_diag.basis.SAEBasis.ce_sums`; the analyzer never
+  runs the model). ``ce_score_ci``: a percentile bootstrap over those windows.
 
 An SAE whose fidelity collapses on a shifted set makes its L0 there meaningless;
 ``ev_drop`` (reference EV − set EV, the reference being the pooled
@@ -28,123 +28,123 @@ says whether those tokens are reconstructed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
+import numpy as np
 import torch
 from sae_lens import SAE
 
-from fer_diag.analyzers.base import Analyzer
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.persequence import record_set
 from fer_diag.basis import CESums, SAEBasis
 from fer_diag.capture import ActivationBatch
-from fer_diag.data.suite import SetKind
+
+Key = tuple[str, str]  # (hook, set)
 
 
-@dataclass
-class _Stats:
-    """Sufficient statistics of one hook × set (float64 sums)."""
+def _result(n: int, sum_x: torch.Tensor | None, sum_sq: float, sum_err: float, sum_cos: float) -> dict[str, Any]:
+    """EV, cosine and relative MSE from the sufficient statistics (Σ‖x − x̄‖² = Σ‖x‖² − ‖Σx‖²/n)."""
+    var = sum_sq - float(sum_x.pow(2).sum()) / n if n else 0.0
+    return {
+        "explained_variance": 1.0 - sum_err / var if var > 0 else None,
+        "cosine": sum_cos / n if n else None,
+        "relative_mse": sum_err / sum_sq if sum_sq > 0 else None,
+    }
 
-    tokens: int = 0
-    sum_x: torch.Tensor | None = None
-    sum_sq: float = 0.0
-    sum_err: float = 0.0
-    sum_cos: float = 0.0
-    sum_l0: int = 0
-    ce: CESums = field(default_factory=CESums)
 
-    def add(self, x: torch.Tensor, x_hat: torch.Tensor, latents: torch.Tensor) -> None:
-        x, x_hat = x.double(), x_hat.double()
-        s = x.sum(0)
-        self.sum_x = s if self.sum_x is None else self.sum_x + s
-        self.tokens += len(x)
-        self.sum_sq += float(x.pow(2).sum())
-        self.sum_err += float((x - x_hat).pow(2).sum())
-        self.sum_cos += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
-        self.sum_l0 += int((latents != 0).sum())
-
-    def merge(self, other: _Stats) -> None:
-        if other.sum_x is not None:
-            self.sum_x = other.sum_x.clone() if self.sum_x is None else self.sum_x + other.sum_x
-        self.tokens += other.tokens
-        self.sum_sq += other.sum_sq
-        self.sum_err += other.sum_err
-        self.sum_cos += other.sum_cos
-        self.sum_l0 += other.sum_l0
-        self.ce += other.ce
-
-    def total_var(self) -> float:
-        return self.sum_sq - float(self.sum_x.pow(2).sum()) / self.tokens
-
-    def result(self) -> dict[str, Any]:
-        n = self.tokens
-        var = self.total_var() if n else 0.0
-        ce = self.ce
-        return {
-            "tokens": n,
-            "explained_variance": 1.0 - self.sum_err / var if var > 0 else None,
-            "cosine": self.sum_cos / n if n else None,
-            "relative_mse": self.sum_err / self.sum_sq if self.sum_sq > 0 else None,
-            "l0": self.sum_l0 / n if n else None,
-            "ce_score": ce.score(),
-            "ce_clean": ce.clean / ce.tokens if ce.tokens else None,
-            "ce_sae": ce.sae / ce.tokens if ce.tokens else None,
-            "ce_ablated": ce.ablated / ce.tokens if ce.tokens else None,
-            "ce_tokens": ce.tokens,
-        }
+def _ce_ci(per_window: np.ndarray, n_boot: int, seed: int, ci: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the CE-loss score over windows: rows (clean, sae, ablated, tokens) summed."""
+    if len(per_window) < 2 or n_boot == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_window), (n_boot, len(per_window)))
+    sums = per_window[idx].sum(1)  # [n_boot, 4]
+    denom = sums[:, 2] - sums[:, 0]
+    ok = denom != 0
+    if not ok.any():
+        return None
+    scores = (sums[ok, 2] - sums[ok, 1]) / denom[ok]
+    lo, hi = np.quantile(scores, [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
 
 
 class SAEFidelityAnalyzer(Analyzer):
     """Reconstruction fidelity of each hook's SAE on each text set (see module docstring).
 
-    ``update(batch, latents)`` takes a raw batch and, optionally, the same batch
-    already read in the SAE basis (``SAEBasis.read``), to avoid encoding twice.
+    Reads batches in the SAE basis (``SAEBasis.read``): ``batch.acts`` are the
+    latents, ``batch.raw`` the hook vectors they encode, ``batch.ce`` the CE-loss
+    sums of the batch's first windows. The SAEs are a handle (used to decode).
+    Per-window CE sums are kept for the CI (at most ``ce_windows`` per set).
     """
 
     name = "sae_fidelity"
-    handles = ("basis",)
+    reads = frozenset({Reading.SAE})
+    handles = ("saes",)
 
-    def __init__(self, saes: dict[str, SAE], massive_dims: dict[str, list[int]] | None = None) -> None:
-        self.basis = SAEBasis(saes)
+    def __init__(
+        self, saes: dict[str, SAE], massive_dims: dict[str, list[int]] | None = None, n_boot: int = 500, seed: int = 0
+    ) -> None:
+        self.saes = saes
         self.massive_dims = {h: sorted(d) for h, d in (massive_dims or {}).items() if h in saes and d}
-        self.stats: dict[str, dict[str, _Stats]] = {h: {} for h in saes}
-        self.masked: dict[str, dict[str, _Stats]] = {h: {} for h in self.massive_dims}
-        self.kinds: dict[str, SetKind] = {}
+        self.n_boot = n_boot
+        self.seed = seed
+        self._basis = SAEBasis(saes)
+        self.add_state("sets", {}, "union")
+        # per (hook, set), and per (hook, set) over the coordinates left after masking massive dims
+        for prefix in ("", "masked_"):
+            self.add_state(f"{prefix}tokens", {}, "sum")
+            self.add_state(f"{prefix}sum_x", {}, "sum")
+            self.add_state(f"{prefix}sum_sq", {}, "sum")
+            self.add_state(f"{prefix}sum_err", {}, "sum")
+            self.add_state(f"{prefix}sum_cos", {}, "sum")
+        self.add_state("sum_l0", {}, "sum")
+        self.add_state("ce", {}, "sum")  # (hook, set) → CESums
+        self.add_state("ce_windows", {}, "union")  # (hook, set, seq_index) → (clean, sae, ablated, tokens)
 
-    def update(self, batch: ActivationBatch, latents: ActivationBatch | None = None) -> None:
-        if batch.basis != "raw":
-            raise ValueError(f"SAEFidelityAnalyzer.update needs a raw batch, got basis {batch.basis!r}")
-        latents = latents if latents is not None else self.basis.read(batch)
-        self.kinds[batch.set_name] = batch.kind
-        for hook in self.stats:
+    def update(self, batch: ActivationBatch) -> None:
+        if batch.basis == "raw" or batch.raw is None:
+            raise ValueError(
+                "SAEFidelityAnalyzer reads SAE latents with their raw vectors: pass SAEBasis(saes).read(batch)"
+            )
+        record_set(self.sets, batch)
+        for hook in self.saes:
             if hook not in batch.acts:
                 continue
-            f = latents.acts[hook][batch.mask]
-            x = batch.acts[hook][batch.mask].flatten(1)
-            x_hat = self.basis.decode(hook, f).flatten(1)
-            self._stats(hook, batch.set_name).add(x, x_hat, f)
-            if hook in self.masked:
+            f = batch.acts[hook][batch.mask]
+            x = batch.raw[hook][batch.mask].flatten(1).double()
+            x_hat = self._basis.decode(hook, f).flatten(1).double()
+            key = (hook, batch.set_name)
+            self._add("", key, x, x_hat)
+            _add(self.sum_l0, key, int((f != 0).sum()))
+            if hook in self.massive_dims:
                 keep = torch.ones(x.shape[1], dtype=torch.bool)
                 keep[self.massive_dims[hook]] = False
-                self.masked[hook].setdefault(batch.set_name, _Stats()).add(x[:, keep], x_hat[:, keep], f)
+                self._add("masked_", key, x[:, keep], x_hat[:, keep])
+            for seq, sums in (batch.ce or {}).get(hook, {}).items():
+                _add(self.ce, key, sums)
+                self.ce_windows[(hook, batch.set_name, seq)] = (sums.clean, sums.sae, sums.ablated, sums.tokens)
 
-    def update_ce(self, set_name: str, sums: dict[str, CESums]) -> None:
-        """Add CE-loss sums of ``set_name`` (from :meth:`fer_diag.basis.SAEBasis.ce_sums`)."""
-        for hook, s in sums.items():
-            self._stats(hook, set_name).ce += s
+    def _add(self, prefix: str, key: Key, x: torch.Tensor, x_hat: torch.Tensor) -> None:
+        _add(getattr(self, f"{prefix}tokens"), key, len(x))
+        _add(getattr(self, f"{prefix}sum_x"), key, x.sum(0))
+        _add(getattr(self, f"{prefix}sum_sq"), key, float(x.pow(2).sum()))
+        _add(getattr(self, f"{prefix}sum_err"), key, float((x - x_hat).pow(2).sum()))
+        cos = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1)
+        _add(getattr(self, f"{prefix}sum_cos"), key, float(cos.sum()))
 
-    def _stats(self, hook: str, set_name: str) -> _Stats:
-        return self.stats[hook].setdefault(set_name, _Stats())
+    def _metrics(self, prefix: str, key: Key) -> dict[str, Any]:
+        parts = ("tokens", "sum_x", "sum_sq", "sum_err", "sum_cos")
+        return _result(*(getattr(self, f"{prefix}{p}")[key] for p in parts))
 
-    def merge(self, other: Self) -> Self:
-        self._check_mergeable(other)
-        if set(other.stats) != set(self.stats) or other.massive_dims != self.massive_dims:
-            raise ValueError("cannot merge SAE fidelity analyzers with different hooks or massive dims")
-        for mine, theirs in ((self.stats, other.stats), (self.masked, other.masked)):
-            for hook, sets in theirs.items():
-                for set_name, s in sets.items():
-                    mine[hook].setdefault(set_name, _Stats()).merge(s)
-        self.kinds.update(other.kinds)
-        return self
+    def _reference_ev(self, prefix: str, hook: str) -> float | None:
+        """EV over the pooled in-distribution sets."""
+        tokens = getattr(self, f"{prefix}tokens")
+        keys = [k for k in tokens if k[0] == hook and self.sets[k[1]].kind == "in_distribution"]
+        if not keys:
+            return None
+        parts = ("tokens", "sum_x", "sum_sq", "sum_err", "sum_cos")
+        pooled = [sum(getattr(self, f"{prefix}{p}")[k] for k in keys) for p in parts]
+        return _result(*pooled)["explained_variance"]
 
     def compute(self) -> dict[str, Any]:
         """``{"hooks": {hook: {"reference_ev", "massive_dims", "sets": {set: metrics}}}}``.
@@ -154,33 +154,35 @@ class SAEFidelityAnalyzer(Analyzer):
         and EV drop over the other coordinates).
         """
         out: dict[str, Any] = {}
-        for hook, sets in self.stats.items():
-            masked = self.masked.get(hook, {})
-            ref_ev, ref_masked_ev = self._reference_ev(sets), self._reference_ev(masked)
+        for hook in self.saes:
+            ref_ev, ref_masked_ev = self._reference_ev("", hook), self._reference_ev("masked_", hook)
             rows = {}
-            for set_name, s in sets.items():
-                r = s.result()
-                r["kind"] = self.kinds[set_name].value if set_name in self.kinds else None
-                r["ev_drop"] = _drop(ref_ev, r["explained_variance"])
-                if set_name in masked:
-                    m = masked[set_name].result()
-                    r["massive_masked"] = {
-                        "explained_variance": m["explained_variance"],
-                        "cosine": m["cosine"],
-                        "relative_mse": m["relative_mse"],
-                        "ev_drop": _drop(ref_masked_ev, m["explained_variance"]),
-                    }
-                rows[set_name] = r
+            for key in (k for k in self.tokens if k[0] == hook):
+                n = self.tokens[key]
+                r = {"tokens": n, **self._metrics("", key), "l0": self.sum_l0[key] / n if n else None}
+                ce = self.ce.get(key, CESums())
+                windows = np.array([v for k, v in sorted(self.ce_windows.items()) if k[:2] == key], dtype=np.float64)
+                r |= {
+                    "ce_score": ce.score(),
+                    "ce_score_ci": _ce_ci(windows.reshape(-1, 4), self.n_boot, self.seed),
+                    "ce_clean": ce.clean / ce.tokens if ce.tokens else None,
+                    "ce_sae": ce.sae / ce.tokens if ce.tokens else None,
+                    "ce_ablated": ce.ablated / ce.tokens if ce.tokens else None,
+                    "ce_tokens": ce.tokens,
+                    "ce_windows": len(windows),
+                    "kind": self.sets[key[1]].kind,
+                    "ev_drop": _drop(ref_ev, r["explained_variance"]),
+                }
+                if key in self.masked_tokens:
+                    m = self._metrics("masked_", key)
+                    r["massive_masked"] = {**m, "ev_drop": _drop(ref_masked_ev, m["explained_variance"])}
+                rows[key[1]] = r
             out[hook] = {"reference_ev": ref_ev, "massive_dims": self.massive_dims.get(hook, []), "sets": rows}
         return {"hooks": out}
 
-    def _reference_ev(self, sets: dict[str, _Stats]) -> float | None:
-        """EV over the pooled in-distribution sets."""
-        ref = _Stats()
-        for set_name, s in sets.items():
-            if self.kinds.get(set_name) is SetKind.IN_DISTRIBUTION:
-                ref.merge(s)
-        return ref.result()["explained_variance"] if ref.tokens else None
+
+def _add(state: dict, key, value) -> None:
+    state[key] = value if key not in state else state[key] + value
 
 
 def _drop(reference: float | None, value: float | None) -> float | None:

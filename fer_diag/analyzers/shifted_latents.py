@@ -8,82 +8,92 @@ reference pools the in-distribution sets): the most *gained* and the most
 *lost*.
 
 Each latent is illustrated by its top-activating in-distribution contexts: a
-bounded top-``n_contexts`` per latent of (activation, set, window, position,
-token ids of ``context`` tokens either side) kept during ``update`` — memory is
-O(d_sae · n_contexts · context), independent of the corpus. Text is decoded at
-``compute`` time with the tokenizer given there.
+bounded top-``n_contexts`` per latent and text set of (activation, window,
+position, token ids of ``context`` tokens either side) kept during ``update`` —
+memory is O(d_sae · n_contexts · context) per set, independent of the corpus.
+Ties are broken by window then position, so the kept contexts do not depend on
+the order batches or shards arrive in. Text is decoded at ``compute`` time with
+the ``tokenizer`` handle given to ``__init__``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 import torch
 
-from fer_diag.analyzers.base import Analyzer
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.persequence import record_set
 from fer_diag.capture import ActivationBatch
-from fer_diag.data.suite import SetKind
 
 PAD = -1
 
 
 @dataclass
-class _TopContexts:
-    """Top-n contexts per latent: ``values [d_sae, n]`` (−inf = empty) and ``meta [d_sae, n, 3 + 2c + 1]``.
+class TopContexts:
+    """Top-n contexts per latent: ``values [d_sae, n]`` (−inf = empty) and ``meta [d_sae, n, 2 + 2c + 1]``.
 
-    ``meta[..., :3]`` = (set id, window index, position); the rest are token ids of
-    the window ``position − c … position + c`` (``PAD`` outside the window).
+    ``meta[..., :2]`` = (window index, position); the rest are token ids of the
+    window ``position − c … position + c`` (``PAD`` outside the window). Order:
+    activation descending, then window, then position ascending.
     """
 
     values: torch.Tensor
     meta: torch.Tensor
 
     @classmethod
-    def empty(cls, d_sae: int, n: int, context: int) -> _TopContexts:
-        return cls(torch.full((d_sae, n), float("-inf")), torch.full((d_sae, n, 4 + 2 * context), PAD))
+    def empty(cls, d_sae: int, n: int, context: int) -> TopContexts:
+        return cls(torch.full((d_sae, n), float("-inf")), torch.full((d_sae, n, 3 + 2 * context), PAD))
 
     def add(self, values: torch.Tensor, meta: torch.Tensor) -> None:
         """Fold in candidates ``values [d_sae, m]`` with ``meta [d_sae, m, …]``; keep the top n per latent."""
         vals = torch.cat([self.values, values], dim=1)
         metas = torch.cat([self.meta, meta], dim=1)
-        top = vals.topk(self.values.shape[1], dim=1)
-        self.values = top.values
-        self.meta = metas.gather(1, top.indices[..., None].expand(-1, -1, metas.shape[-1]))
+        order = torch.arange(vals.shape[1]).expand_as(vals)
+        for key in (metas[..., 1], metas[..., 0], -vals):  # stable sorts: least significant key first
+            idx = key.gather(1, order).sort(dim=1, stable=True).indices
+            order = order.gather(1, idx)
+        keep = order[:, : self.values.shape[1]]
+        self.values = vals.gather(1, keep)
+        self.meta = metas.gather(1, keep[..., None].expand(-1, -1, metas.shape[-1]))
+
+    def merge(self, other: TopContexts) -> TopContexts:
+        self.add(other.values, other.meta)
+        return self
 
 
 class ShiftedLatentsAnalyzer(Analyzer):
     """Latents gained / lost on each shifted set vs in-distribution, with top in-distribution contexts."""
 
     name = "shifted_latents"
+    reads = frozenset({Reading.SAE})
+    handles = ("tokenizer",)
 
-    def __init__(self, n_contexts: int = 5, context: int = 8, top_latents: int = 10) -> None:
+    def __init__(self, n_contexts: int = 5, context: int = 8, top_latents: int = 10, tokenizer=None) -> None:
         self.n_contexts = n_contexts
         self.context = context
         self.top_latents = top_latents
-        self.counts: dict[str, dict[str, torch.Tensor]] = {}  # hook → set → [d_sae] int64
-        self.tokens: dict[str, dict[str, int]] = {}
-        self.kinds: dict[str, SetKind] = {}
-        self.set_ids: dict[str, int] = {}
-        self.top: dict[str, _TopContexts] = {}
+        self.tokenizer = tokenizer
+        self.add_state("sets", {}, "union")
+        self.add_state("counts", {}, "sum")  # (hook, set) → [d_sae] int64 tokens where the latent fired
+        self.add_state("tokens", {}, "sum")  # (hook, set) → counted tokens
+        self.add_state("top", {}, "merge")  # (hook, set) → TopContexts (in-distribution sets)
 
     def update(self, batch: ActivationBatch) -> None:
         if batch.basis == "raw":
             raise ValueError("ShiftedLatentsAnalyzer needs SAE latents: pass SAEBasis(saes).read(batch)")
-        self.kinds[batch.set_name] = batch.kind
+        info = record_set(self.sets, batch)
         for hook, acts in batch.acts.items():
             f = acts[batch.mask]
-            counts = self.counts.setdefault(hook, {})
-            prev = counts.get(batch.set_name)
+            key = (hook, batch.set_name)
             fired = (f > 0).sum(0, dtype=torch.int64)
-            counts[batch.set_name] = fired if prev is None else prev + fired
-            tokens = self.tokens.setdefault(hook, {})
-            tokens[batch.set_name] = tokens.get(batch.set_name, 0) + len(f)
-            if batch.kind is SetKind.IN_DISTRIBUTION and len(f):
-                self._add_contexts(hook, batch, f)
+            self.counts[key] = fired if key not in self.counts else self.counts[key] + fired
+            self.tokens[key] = self.tokens.get(key, 0) + len(f)
+            if info.kind == "in_distribution" and len(f):
+                self._add_contexts(key, batch, f)
 
-    def _add_contexts(self, hook: str, batch: ActivationBatch, f: torch.Tensor) -> None:
-        set_id = self.set_ids.setdefault(batch.set_name, len(self.set_ids))
+    def _add_contexts(self, key: tuple[str, str], batch: ActivationBatch, f: torch.Tensor) -> None:
         m = min(self.n_contexts, len(f))
         top = f.topk(m, dim=0)  # [m, d_sae]
         rows, pos = batch.mask.nonzero(as_tuple=True)
@@ -93,37 +103,14 @@ class ShiftedLatentsAnalyzer(Analyzer):
         inside = (cols >= 0) & (cols < batch.tokens.shape[1])
         ids = batch.tokens[r[..., None].expand_as(cols), cols.clamp(0, batch.tokens.shape[1] - 1)]
         ids = torch.where(inside, ids, PAD)
-        head = torch.stack([torch.full_like(r, set_id), batch.seq_index[r], p], dim=-1)
+        head = torch.stack([batch.seq_index[r], p], dim=-1)
         meta = torch.cat([head, ids], dim=-1).transpose(0, 1)  # [d_sae, m, …]
-        store = self.top.get(hook)
+        store = self.top.get(key)
         if store is None:
-            store = self.top[hook] = _TopContexts.empty(f.shape[1], self.n_contexts, self.context)
+            store = self.top[key] = TopContexts.empty(f.shape[1], self.n_contexts, self.context)
         store.add(top.values.T.float(), meta)
 
-    def merge(self, other: Self) -> Self:
-        self._check_mergeable(other)
-        if (other.n_contexts, other.context) != (self.n_contexts, self.context):
-            raise ValueError("cannot merge ShiftedLatentsAnalyzers with different n_contexts / context")
-        for hook, sets in other.counts.items():
-            mine = self.counts.setdefault(hook, {})
-            toks = self.tokens.setdefault(hook, {})
-            for s, c in sets.items():
-                mine[s] = c.clone() if s not in mine else mine[s] + c
-                toks[s] = toks.get(s, 0) + other.tokens[hook][s]
-        self.kinds.update(other.kinds)
-        remap = torch.tensor([self.set_ids.setdefault(s, len(self.set_ids)) for s in _ordered(other.set_ids)] or [0])
-        for hook, theirs in other.top.items():
-            meta = theirs.meta.clone()
-            filled = theirs.values > float("-inf")
-            meta[..., 0] = torch.where(filled, remap[meta[..., 0].clamp(min=0)], PAD)
-            store = self.top.get(hook)
-            if store is None:
-                self.top[hook] = _TopContexts(theirs.values.clone(), meta)
-            else:
-                store.add(theirs.values, meta)
-        return self
-
-    def compute(self, tokenizer=None) -> dict[str, Any]:
+    def compute(self) -> dict[str, Any]:
         """``{"reference_sets", "hooks": {hook: {set: {"gained": [...], "lost": [...]}}}}``.
 
         Each latent entry: ``latent``, ``rate_reference``, ``rate``, ``change``
@@ -131,20 +118,18 @@ class ShiftedLatentsAnalyzer(Analyzer):
         ``activation``, ``set``, ``seq_index``, ``position``, ``token_ids`` and, with
         a tokenizer, ``text`` with the token in ⟦ ⟧).
         """
-        ref_sets = [s for s, k in self.kinds.items() if k is SetKind.IN_DISTRIBUTION]
-        names = _ordered(self.set_ids)
+        ref_sets = sorted(s for s, info in self.sets.items() if info.kind == "in_distribution")
         out: dict[str, Any] = {}
-        for hook, sets in self.counts.items():
-            toks = self.tokens[hook]
-            ref_n = sum(toks[s] for s in ref_sets if s in sets)
+        for hook in dict.fromkeys(h for h, _ in self.counts):
+            ref_n = sum(self.tokens.get((hook, s), 0) for s in ref_sets)
             if not ref_n:
                 continue
-            ref_rate = sum(sets[s] for s in ref_sets if s in sets).double() / ref_n
+            ref_rate = sum(self.counts[(hook, s)] for s in ref_sets if (hook, s) in self.counts).double() / ref_n
             rows = {}
-            for s, c in sets.items():
-                if self.kinds[s] is SetKind.IN_DISTRIBUTION or not toks[s]:
+            for (h, s), c in self.counts.items():
+                if h != hook or s in ref_sets or not self.tokens[(h, s)]:
                     continue
-                rate = c.double() / toks[s]
+                rate = c.double() / self.tokens[(h, s)]
                 change = rate - ref_rate
                 k = min(self.top_latents, len(change))
                 entry: dict[str, list[dict[str, Any]]] = {}
@@ -155,7 +140,7 @@ class ShiftedLatentsAnalyzer(Analyzer):
                             "rate_reference": float(ref_rate[j]),
                             "rate": float(rate[j]),
                             "change": float(change[j]),
-                            "contexts": self._contexts(hook, int(j), names, tokenizer),
+                            "contexts": self._contexts(hook, int(j), ref_sets),
                         }
                         for v, j in zip(order.values, order.indices, strict=True)
                         if v > 0
@@ -164,30 +149,23 @@ class ShiftedLatentsAnalyzer(Analyzer):
             out[hook] = rows
         return {"reference_sets": ref_sets, "hooks": out}
 
-    def _contexts(self, hook: str, latent: int, names: list[str], tokenizer) -> list[dict[str, Any]]:
-        store = self.top.get(hook)
-        if store is None:
-            return []
-        out = []
-        for v, meta in zip(store.values[latent], store.meta[latent], strict=True):
-            if not v > 0:
+    def _contexts(self, hook: str, latent: int, ref_sets: list[str]) -> list[dict[str, Any]]:
+        found = []
+        for s in ref_sets:
+            store = self.top.get((hook, s))
+            if store is None:
                 continue
-            ids = meta[3:].tolist()
-            c = self.context
-            item = {
-                "activation": float(v),
-                "set": names[int(meta[0])],
-                "seq_index": int(meta[1]),
-                "position": int(meta[2]),
-                "token_ids": ids,
-            }
-            if tokenizer is not None:
+            for v, meta in zip(store.values[latent].tolist(), store.meta[latent], strict=True):
+                if v > 0:
+                    found.append((-v, s, int(meta[0]), int(meta[1]), meta[2:].tolist()))
+        c = self.context
+        out = []
+        for neg_v, s, seq, pos, ids in sorted(found)[: self.n_contexts]:
+            item = {"activation": -neg_v, "set": s, "seq_index": seq, "position": pos, "token_ids": ids}
+            if self.tokenizer is not None:
                 left = [t for t in ids[:c] if t != PAD]
                 right = [t for t in ids[c + 1 :] if t != PAD]
-                item["text"] = f"{tokenizer.decode(left)}⟦{tokenizer.decode([ids[c]])}⟧{tokenizer.decode(right)}"
+                tok = self.tokenizer
+                item["text"] = f"{tok.decode(left)}⟦{tok.decode([ids[c]])}⟧{tok.decode(right)}"
             out.append(item)
         return out
-
-
-def _ordered(ids: dict[str, int]) -> list[str]:
-    return sorted(ids, key=ids.__getitem__)

@@ -40,17 +40,15 @@ batched T×T Gram product; the unmasked Gram adds the masked dims' rank-k part.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Self
 
 import numpy as np
 import torch
 
-from fer_diag.analyzers.base import Analyzer
-from fer_diag.analyzers.persequence import SequenceSample, SetInfo, merge_sets, record_set
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.persequence import SequenceSample, SetInfo, record_set
 from fer_diag.capture import ActivationBatch
 
 TOP_P = (1, 5, 10)
@@ -459,39 +457,21 @@ class SparsityResult:
 
 
 # --------------------------------------------------------------------------- analyzer
-@dataclass
-class _Acc:
-    """Running sums of one (basis, hook, set)."""
+@dataclass(frozen=True)
+class _Layout:
+    """Columns of one (basis, hook, set): token metrics (same order in every variant), table columns, masked dims."""
 
-    metrics: list[str]  # token metrics, same order in every variant
-    columns: list[tuple[str, bool, str]]
-    masked_dims: list[int]
-    sample: SequenceSample
-    tok_sum: np.ndarray
-    tok_sumsq: np.ndarray
-    col_sum: np.ndarray
-    col_sumsq: np.ndarray
-    n_tokens: int = 0
-    n_seqs: int = 0
-    fires: np.ndarray | None = None
+    metrics: tuple[str, ...]
+    columns: tuple[tuple[str, bool, str], ...]
+    masked_dims: tuple[int, ...]
 
     @classmethod
-    def new(cls, latents: bool, masked_dims: list[int], cap: int) -> _Acc:
-        metrics = list(TOKEN_METRICS + (LATENT_METRICS if latents else ()))
+    def new(cls, latents: bool, masked_dims: Sequence[int]) -> _Layout:
+        metrics = TOKEN_METRICS + (LATENT_METRICS if latents else ())
         variants = [False, True] if masked_dims else [False]
         columns = [(m, v, r) for r in ("mean", "last") for v in variants for m in metrics]
         columns += [(m, v, "window") for v in variants for m in WINDOW_METRICS]
-        nv, nc = len(variants) * len(metrics), len(columns)
-        return cls(metrics, columns, masked_dims, SequenceSample(nc, cap), *np.zeros((2, nv)), *np.zeros((2, nc)))
-
-    def merge(self, other: _Acc) -> None:
-        if (other.columns, other.masked_dims) != (self.columns, self.masked_dims):
-            raise ValueError("cannot merge sparsity accumulators with different metrics or masked dims")
-        for name in ("tok_sum", "tok_sumsq", "col_sum", "col_sumsq", "n_tokens", "n_seqs"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        if other.fires is not None:
-            self.fires = other.fires.copy() if self.fires is None else self.fires + other.fires
-        self.sample.merge(other.sample)
+        return cls(metrics, tuple(columns), tuple(masked_dims))
 
 
 def _stats(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -515,10 +495,12 @@ class SparsityAnalyzer(Analyzer):
 
     ``update`` sorts each hook's ``[n_tokens, d]`` block once (counted tokens:
     ``batch.mask``), computes every metric from it, and reduces to per-window means
-    and last-token values; the window PR is one batched Gram product.
+    and last-token values; the window PR is one batched Gram product. Reads raw
+    activations and SAE latents (each basis is its own key).
     """
 
     name = "sparsity"
+    reads = frozenset({Reading.RAW, Reading.SAE})
 
     def __init__(
         self,
@@ -531,11 +513,19 @@ class SparsityAnalyzer(Analyzer):
         self.massive_dims = {h: sorted(int(d) for d in dims) for h, dims in (massive_dims or {}).items()}
         self.max_seqs_per_set = max_seqs_per_set
         self.dense_threshold = dense_threshold
-        self._acc: dict[Key, _Acc] = {}
-        self._sets: dict[str, SetInfo] = {}
+        self.add_state("sets", {}, "union")  # set name → SetInfo
+        self.add_state("layout", {}, "union")  # Key → _Layout
+        self.add_state("tok_sum", {}, "sum")  # Key → [V·M] Σ over tokens
+        self.add_state("tok_sumsq", {}, "sum")
+        self.add_state("col_sum", {}, "sum")  # Key → [columns] Σ over windows
+        self.add_state("col_sumsq", {}, "sum")
+        self.add_state("n_tokens", {}, "sum")
+        self.add_state("n_seqs", {}, "sum")
+        self.add_state("fires", {}, "sum")  # Key → [d_sae] tokens with latent j active (SAE bases)
+        self.add_state("samples", {}, "merge")  # Key → SequenceSample of table rows
 
     def update(self, batch: ActivationBatch) -> None:
-        record_set(self._sets, batch)
+        record_set(self.sets, batch)
         mask = batch.mask.bool()
         n_tok = mask.sum(1)
         has = n_tok > 0
@@ -547,14 +537,12 @@ class SparsityAnalyzer(Analyzer):
             x = batch.acts[hook]
             masked = [] if latents else self.massive_dims.get(hook, [])
             key = (batch.basis, hook, batch.set_name)
-            acc = self._acc.get(key)
-            if acc is None:
-                acc = self._acc[key] = _Acc.new(latents, masked, self.max_seqs_per_set)
+            layout = self.layout.setdefault(key, _Layout.new(latents, masked))
             rows = x[mask]
             dims = _dims(masked, rows.shape[1])
             s, removed, fires = _sorted_abs(rows, dims, count_active=latents)
             if fires is not None:
-                acc.fires = fires if acc.fires is None else acc.fires + fires
+                _add(self.fires, key, fires)
             xc = _centred(x, mask)
             if dims is None:
                 variants = [_metrics(_row_stats(s), latents)]
@@ -566,72 +554,65 @@ class SparsityAnalyzer(Analyzer):
                 xc[..., dims] = 0
                 g_kept = xc @ xc.mT  # T×T Grams add up over coordinates: one big product for both
                 pr = [_pr(g_kept + xc_massive @ xc_massive.mT), _pr(g_kept)]
-            vals = torch.stack([v[m] for v in variants for m in acc.metrics], 1)  # [N, V·M]
-            v64 = vals.double()
-            acc.tok_sum += v64.sum(0).numpy()
-            acc.tok_sumsq += v64.square().sum(0).numpy()
-            acc.n_tokens += len(vals)
-            means = torch.zeros(len(n_tok), vals.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
+            v64 = torch.stack([v[m] for v in variants for m in layout.metrics], 1).double()  # [N, V·M]
+            _add(self.tok_sum, key, v64.sum(0).numpy())
+            _add(self.tok_sumsq, key, v64.square().sum(0).numpy())
+            _add(self.n_tokens, key, len(v64))
+            means = torch.zeros(len(n_tok), v64.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
             means = means[has] / n_tok[has, None]
             table = torch.cat([means, v64[last_row], torch.stack(pr, 1)[has].double()], 1).numpy()
-            acc.col_sum += table.sum(0)
-            acc.col_sumsq += np.square(table).sum(0)
-            acc.n_seqs += len(table)
-            acc.sample.add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
-
-    def merge(self, other: SparsityAnalyzer) -> Self:
-        self._check_mergeable(other)
-        if other.massive_dims != self.massive_dims:
-            raise ValueError("cannot merge sparsity analyzers with different massive_dims")
-        merge_sets(self._sets, other._sets)
-        for key, acc in other._acc.items():
-            if key in self._acc:
-                self._acc[key].merge(acc)
-            else:
-                self._acc[key] = copy.deepcopy(acc)
-        return self
+            _add(self.col_sum, key, table.sum(0))
+            _add(self.col_sumsq, key, np.square(table).sum(0))
+            _add(self.n_seqs, key, len(table))
+            sample = self.samples.setdefault(key, SequenceSample(len(layout.columns), self.max_seqs_per_set))
+            sample.add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
 
     def compute(self) -> SparsityResult:
         profiles, tables, density = {}, {}, {}
-        for key, acc in self._acc.items():
-            profiles[key] = self._profile(acc)
-            seq_index, level, n_tokens, values = acc.sample.arrays()
-            tables[key] = SeqTable(seq_index, level, n_tokens, list(acc.columns), values)
-            if acc.fires is not None:
-                density[key] = FeatureDensity(acc.fires.copy(), acc.n_tokens, self.dense_threshold)
+        for key, layout in self.layout.items():
+            profiles[key] = self._profile(key, layout)
+            seq_index, level, n_tokens, values = self.samples[key].arrays()
+            tables[key] = SeqTable(seq_index, level, n_tokens, list(layout.columns), values)
+            if key in self.fires:
+                density[key] = FeatureDensity(self.fires[key].copy(), self.n_tokens[key], self.dense_threshold)
         return SparsityResult(
-            profiles, tables, density, dict(self._sets), dict(self.massive_dims), self.max_seqs_per_set
+            profiles, tables, density, dict(self.sets), dict(self.massive_dims), self.max_seqs_per_set
         )
 
-    @staticmethod
-    def _profile(acc: _Acc) -> Profile:
-        tok_mean, tok_std = _stats(acc.tok_sum, acc.tok_sumsq, acc.n_tokens)
-        col_mean, col_std = _stats(acc.col_sum, acc.col_sumsq, acc.n_seqs)
-        col = {c: i for i, c in enumerate(acc.columns)}
-        variants = [False, True] if acc.masked_dims else [False]
+    def _profile(self, key: Key, layout: _Layout) -> Profile:
+        n_tokens, n_seqs = self.n_tokens[key], self.n_seqs[key]
+        tok_mean, tok_std = _stats(self.tok_sum[key], self.tok_sumsq[key], n_tokens)
+        col_mean, col_std = _stats(self.col_sum[key], self.col_sumsq[key], n_seqs)
+        col = {c: i for i, c in enumerate(layout.columns)}
+        variants = [False, True] if layout.masked_dims else [False]
         metrics: dict[str, dict[str, dict[str, float]]] = {}
         for vi, masked in enumerate(variants):
-            for mi, m in enumerate(acc.metrics):
-                i = vi * len(acc.metrics) + mi
+            for mi, m in enumerate(layout.metrics):
+                i = vi * len(layout.metrics) + mi
                 mean_c, last_c = col[(m, masked, "mean")], col[(m, masked, "last")]
                 metrics.setdefault(m, {})[VARIANTS[masked]] = {
                     "mean": float(tok_mean[i]),
                     "std": float(tok_std[i]),
-                    "n_tokens": acc.n_tokens,
+                    "n_tokens": n_tokens,
                     "seq_mean": float(col_mean[mean_c]),
                     "seq_std": float(col_std[mean_c]),
                     "last_mean": float(col_mean[last_c]),
                     "last_std": float(col_std[last_c]),
-                    "n_seqs": acc.n_seqs,
+                    "n_seqs": n_seqs,
                 }
             for m in WINDOW_METRICS:
                 c = col[(m, masked, "window")]
                 metrics.setdefault(m, {})[VARIANTS[masked]] = {
                     "seq_mean": float(col_mean[c]),
                     "seq_std": float(col_std[c]),
-                    "n_seqs": acc.n_seqs,
+                    "n_seqs": n_seqs,
                 }
-        if not acc.masked_dims:
+        if not layout.masked_dims:
             for stats in metrics.values():
                 stats["masked"] = stats["unmasked"]
-        return Profile(acc.n_tokens, acc.n_seqs, list(acc.masked_dims), not acc.masked_dims, metrics)
+        return Profile(n_tokens, n_seqs, list(layout.masked_dims), not layout.masked_dims, metrics)
+
+
+def _add(state: dict, key, value) -> None:
+    """``state[key] += value`` (inserting a copy-free first value)."""
+    state[key] = value if key not in state else state[key] + value

@@ -30,6 +30,7 @@ from fer_diag.data.sources import (
     read_texts,
     words,
 )
+from fer_diag.errors import ConfigError, TextSetError
 
 
 class SetKind(StrEnum):
@@ -96,7 +97,7 @@ class Suite:
         for s in self.sets:
             if s.kind is SetKind.IN_DISTRIBUTION:
                 return s
-        raise ValueError("suite has no in-distribution text set; add one with kind=SetKind.IN_DISTRIBUTION")
+        raise TextSetError("suite has no in-distribution text set; add one with kind=SetKind.IN_DISTRIBUTION")
 
     @property
     def axes(self) -> list[str]:
@@ -119,19 +120,30 @@ class Windows:
     mask:   [n, seq_len] bool, True for positions that count in statistics
             (excludes position 0 / BOS and padding).
     source_index: [n] int64, index of the text each window came from.
+    index:  [n] int64, the window's number in the whole set (``seq_index`` of its
+            activations); a shard of the set keeps the numbers of its windows.
     """
 
     set_name: str
     tokens: torch.Tensor
     mask: torch.Tensor
     source_index: torch.Tensor
+    index: torch.Tensor = None  # type: ignore[assignment]  # default: 0..n-1
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = torch.arange(len(self.tokens))
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def select(self, rows: torch.Tensor | slice) -> Windows:
+        """A subset of the windows (a shard), keeping their numbers."""
+        return Windows(self.set_name, self.tokens[rows], self.mask[rows], self.source_index[rows], self.index[rows])
+
     def head(self, n: int) -> Windows:
         """The first ``n`` windows."""
-        return Windows(self.set_name, self.tokens[:n], self.mask[:n], self.source_index[:n])
+        return self.select(slice(0, n))
 
 
 def tokenize_windows(
@@ -151,8 +163,8 @@ def tokenize_windows(
     else 0). The mask is False at position 0 and on padding. Windows with fewer
     than ``min_tokens`` counted (mask-True) tokens are dropped, and the first
     ``max_windows`` remaining ones are kept. A set given as ``token_ids`` is used
-    as is (BOS is still prepended). Raises ``ValueError`` naming the set when it
-    is empty or nothing is left.
+    as is (BOS is still prepended). Raises :class:`~fer_diag.errors.TextSetError`
+    naming the set when it is empty or nothing is left.
 
     ``tokenizer`` is a Hugging Face tokenizer (called with
     ``add_special_tokens=False``). Texts are cut to ``64 · seq_len`` characters
@@ -160,9 +172,9 @@ def tokenize_windows(
     """
     name = text_set.name
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+        raise ConfigError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
     if len(text_set) == 0:
-        raise ValueError(
+        raise TextSetError(
             f"text set {name!r} is empty: give it at least one text (a non-empty file, or a corpus that is installed)"
         )
     pad = _pad_id(tokenizer, pad_token_id)
@@ -181,10 +193,10 @@ def tokenize_windows(
         if max_windows is not None and len(keep) >= max_windows:
             break
     if not keep:
-        raise ValueError(
+        raise TextSetError(
             f"every text of set {name!r} has fewer than min_tokens={min_tokens} counted tokens "
-            f"(longest: {longest}); pass longer texts (e.g. paragraphs instead of single lines) "
-            "or lower min_tokens"
+            f"(longest: {longest}); pass longer texts (e.g. paragraphs separated by blank lines instead of "
+            "single lines) or lower the minimum (--min-tokens, or min_tokens= from Python)"
         )
     tokens = torch.full((len(keep), seq_len), pad, dtype=torch.long)
     mask = torch.zeros((len(keep), seq_len), dtype=torch.bool)
@@ -281,7 +293,7 @@ def default_suite(
     from fer_diag.data.shifts import graded_sets
 
     if on_missing not in ("skip", "raise"):
-        raise ValueError(f"on_missing must be 'skip' or 'raise', got {on_missing!r}")
+        raise ConfigError(f"on_missing must be 'skip' or 'raise', got {on_missing!r}")
     heldout = english_fortunes(split="heldout", **_reader_kwargs(ID_SET, seq_len))
     picked = random.Random(seed).sample(range(len(heldout)), min(2 * n_per_set, len(heldout)))
     n_id = min(n_per_set, max(1, len(picked) // 2))
@@ -321,9 +333,9 @@ def _read_set(paths: list[Path], field: str, label_field: str | None, n: int | N
     recs = [read_texts(p, field, label_field) for p in paths]
     for p, r in zip(paths, recs, strict=True):
         if not r.texts:
-            raise ValueError(f"{p} holds no text; pass a file with at least one non-empty line")
+            raise TextSetError(f"{p} holds no text; pass a file with at least one non-empty line")
     if len({tuple(r.label_names or ()) for r in recs}) > 1:
-        raise ValueError(f"label values differ in kind between {', '.join(map(str, paths))}; use one labelling")
+        raise TextSetError(f"label values differ in kind between {', '.join(map(str, paths))}; use one labelling")
     texts = [t for r in recs for t in r.texts]
     labels = [y for r in recs for y in r.labels] if label_field is not None else None
     keep = sorted(random.Random(seed).sample(range(len(texts)), n)) if n is not None and len(texts) > n else None
@@ -369,7 +381,7 @@ def suite_from_files(
 
     ids = _as_paths(id_paths)
     if not ids:
-        raise ValueError("pass at least one in-distribution text file (--id-text)")
+        raise TextSetError("pass at least one in-distribution text file (--id-text)")
     taken: set[str] = set()
     rec = _read_set(ids, field, label_field, n_per_set, seed)
     ref = TextSet(
@@ -396,7 +408,7 @@ def suite_from_files(
     skipped: list[str] = []
     if graded:
         if tokenizer is None:
-            raise ValueError("graded shifts need the tokenizer (random token ids); pass tokenizer= or graded=False")
+            raise ConfigError("graded shifts need the tokenizer (random token ids); pass tokenizer= or graded=False")
         try:
             vocab = words()
         except MissingCorpusError as e:

@@ -1,10 +1,9 @@
 """Familiarity: does a sparsity score tell shifted windows from in-distribution ones? (DESIGN §5)
 
-The scores are the per-window sparsity scores that
-:class:`~fer_diag.analyzers.sparsity.SparsityAnalyzer` already keeps (nothing is
-recomputed here); this analyzer only accumulates the perplexity baselines per
-window — mean over counted positions of the model's next-token NLL, predictive
-entropy and max-probability (position 0 has no prediction and is skipped).
+A step over *results*, not batches: :func:`familiarity` reads the per-window
+sparsity scores that :class:`~fer_diag.analyzers.sparsity.SparsityAnalyzer`
+keeps and the perplexity baselines of
+:class:`~fer_diag.analyzers.baselines.BaselineAnalyzer` (nothing is recomputed).
 
 For every score (basis × hook × metric × masked × reduce, and each baseline) and
 every text set other than the reference:
@@ -37,18 +36,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
-import torch
 
 from fer_diag import stats
-from fer_diag.analyzers.base import Analyzer
-from fer_diag.analyzers.persequence import SequenceSample, SetInfo, merge_sets, record_set
+from fer_diag.analyzers.baselines import BASELINES, BaselineResult
+from fer_diag.analyzers.persequence import SetInfo, merge_sets
 from fer_diag.analyzers.sparsity import METRIC_SENSE, SparsityResult
-from fer_diag.capture import ActivationBatch
-
-BASELINES = ("nll", "entropy", "maxprob")
 
 
 @dataclass
@@ -103,7 +98,7 @@ class GradedRow(ScoreKey):
 
 @dataclass
 class FamiliarityResult:
-    """What :meth:`FamiliarityAnalyzer.compute` returns."""
+    """What :func:`familiarity` returns."""
 
     reference_set: str
     settings: dict
@@ -188,94 +183,58 @@ def _opt(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
 
 
-class FamiliarityAnalyzer(Analyzer):
-    """Per-window perplexity baselines, and the familiarity statistics of sparsity scores.
+def familiarity(
+    sparsity: SparsityResult | None,
+    baselines: BaselineResult | None = None,
+    *,
+    reference_set: str | None = None,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    length_bins: int = 5,
+    tpr: float = 0.95,
+) -> FamiliarityResult:
+    """Familiarity statistics of every sparsity score in ``sparsity`` and of the ``baselines`` (module docstring).
 
-    ``update`` keeps per window the mean NLL, predictive entropy and
-    max-probability (batches without them — ``Capture(need_logits=False)`` — only
-    register their text set); at most ``max_seqs_per_set`` windows per set, the
-    smallest ``seq_index`` (as the sparsity analyzer's sample, so they align).
-    ``compute(sparsity_result)`` does the rest (module docstring).
+    ``reference_set`` defaults to the one in-distribution set. ``n_boot = 0``
+    skips the bootstrap (CIs are None).
     """
+    sets: dict[str, SetInfo] = {}
+    for part in (sparsity, baselines):
+        if part is not None:
+            merge_sets(sets, part.sets)
+    ref = reference_set or _reference(sets)
+    if ref not in sets:
+        raise KeyError(f"reference set {ref!r} was not seen; sets: {sorted(sets)}")
+    cfg = _Settings(ref, n_boot, ci, seed, length_bins, tpr)
+    sources = _sources(sparsity, baselines)
+    others = sorted((n for n in sets if n != ref), key=lambda n: (sets[n].kind, sets[n].level or 0.0, n))
+    counts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+    detection = [row for src in sources for name in others for row in _detect(src, name, sets[name], cfg, counts)]
+    graded = [row for src in sources for row in _graded(src, sets, cfg)]
+    return FamiliarityResult(ref, asdict(cfg), detection, graded)
 
-    name = "familiarity"
 
-    def __init__(self, max_seqs_per_set: int = 4096) -> None:
-        self.max_seqs_per_set = max_seqs_per_set
-        self._baselines: dict[str, SequenceSample] = {}
-        self._sets: dict[str, SetInfo] = {}
+def _reference(sets: dict[str, SetInfo]) -> str:
+    ids = [n for n, info in sets.items() if info.kind == "in_distribution"]
+    if len(ids) != 1:
+        raise ValueError(f"pass reference_set=…: {len(ids)} in-distribution sets seen ({ids})")
+    return ids[0]
 
-    def update(self, batch: ActivationBatch) -> None:
-        record_set(self._sets, batch)
-        if batch.token_nll is None:
-            return
-        readouts = torch.stack([batch.token_nll, batch.token_entropy, batch.token_maxprob], -1).double()
-        valid = batch.mask.bool() & torch.isfinite(readouts).all(-1)
-        n = valid.sum(1)
-        has = n > 0
-        means = torch.where(valid[..., None], readouts, 0.0).sum(1)[has] / n[has, None]
-        sample = self._baselines.setdefault(batch.set_name, SequenceSample(len(BASELINES), self.max_seqs_per_set))
-        sample.add(batch.seq_index[has].numpy(), batch.level, n[has].numpy(), means.numpy())
 
-    def merge(self, other: FamiliarityAnalyzer) -> Self:
-        self._check_mergeable(other)
-        merge_sets(self._sets, other._sets)
-        for name, sample in other._baselines.items():
-            if name in self._baselines:
-                self._baselines[name].merge(sample)
-            else:
-                self._baselines[name] = SequenceSample(len(BASELINES), self.max_seqs_per_set).merge(sample)
-        return self
-
-    # ------------------------------------------------------------------ compute
-    def compute(
-        self,
-        sparsity: SparsityResult | None = None,
-        *,
-        reference_set: str | None = None,
-        n_boot: int = 1000,
-        ci: float = 0.95,
-        seed: int = 0,
-        length_bins: int = 5,
-        tpr: float = 0.95,
-    ) -> FamiliarityResult:
-        """Familiarity statistics of every sparsity score in ``sparsity`` and of the baselines.
-
-        ``reference_set`` defaults to the one in-distribution set. ``n_boot = 0``
-        skips the bootstrap (CIs are None).
-        """
-        sets = dict(self._sets)
-        if sparsity is not None:
-            merge_sets(sets, sparsity.sets)
-        ref = reference_set or self._reference(sets)
-        if ref not in sets:
-            raise KeyError(f"reference set {ref!r} was not seen; sets: {sorted(sets)}")
-        cfg = _Settings(ref, n_boot, ci, seed, length_bins, tpr)
-        sources = self._sources(sparsity)
-        others = sorted((n for n in sets if n != ref), key=lambda n: (sets[n].kind, sets[n].level or 0.0, n))
-        counts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-        detection = [row for src in sources for name in others for row in _detect(src, name, sets[name], cfg, counts)]
-        graded = [row for src in sources for row in _graded(src, sets, cfg)]
-        return FamiliarityResult(ref, asdict(cfg), detection, graded)
-
-    @staticmethod
-    def _reference(sets: dict[str, SetInfo]) -> str:
-        ids = [n for n, info in sets.items() if info.kind == "in_distribution"]
-        if len(ids) != 1:
-            raise ValueError(f"pass reference_set=…: {len(ids)} in-distribution sets seen ({ids})")
-        return ids[0]
-
-    def _sources(self, sparsity: SparsityResult | None) -> list[_Source]:
-        out: dict[tuple[str, str], _Source] = {}
-        for (basis, hook, set_name), table in (sparsity.tables if sparsity else {}).items():
-            same = sparsity.profiles[(basis, hook, set_name)].masked_same_as_unmasked
-            src = out.setdefault((basis, hook), _Source("sparsity", basis, hook, table.columns, {}, same))
-            src.tables[set_name] = _Table(table.seq_index, table.n_tokens, table.values)
+def _sources(sparsity: SparsityResult | None, baselines: BaselineResult | None) -> list[_Source]:
+    out: dict[tuple[str, str], _Source] = {}
+    for (basis, hook, set_name), table in (sparsity.tables if sparsity else {}).items():
+        same = sparsity.profiles[(basis, hook, set_name)].masked_same_as_unmasked
+        src = out.setdefault((basis, hook), _Source("sparsity", basis, hook, table.columns, {}, same))
+        src.tables[set_name] = _Table(table.seq_index, table.n_tokens, table.values)
+    sources = list(out.values())
+    if baselines is not None and baselines.tables:
         baseline = _Source("baseline", None, None, [(m, False, "mean") for m in BASELINES], {}, False)
-        for name, sample in self._baselines.items():
-            seq_index, _, n_tokens, values = sample.arrays()
+        for name, (seq_index, n_tokens, values) in baselines.tables.items():
             baseline.tables[name] = _Table(seq_index, n_tokens, values)
-        return [*out.values(), baseline]
+        sources.append(baseline)
+    return sources
 
 
 @dataclass(frozen=True)
