@@ -30,7 +30,7 @@ from fer_diag.capture import Capture, hook_layer, resolve_hooks
 from fer_diag.data.suite import Suite, Windows, tokenize_windows
 from fer_diag.errors import ConfigError
 from fer_diag.familiarity import familiarity
-from fer_diag.models import LoadedModel, load_model
+from fer_diag.models import LoadedModel, check_seq_len, load_model
 from fer_diag.pipeline import Checkpoint, Pipeline
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
 
@@ -193,6 +193,7 @@ class Audit:
         t0 = time.perf_counter()
         torch.manual_seed(c.seed)
         loaded = load_model(self.model_arg, tokenizer=self.tokenizer, bridge=self.bridge, device=c.device)
+        check_seq_len(loaded, c.seq_len)  # before any forward pass: a window longer than the context fails
         hooks = resolve_hooks(loaded.model, c.hooks or default_hooks(loaded.n_layers))
         saes = self._match_saes(loaded, hooks)
         if c.hooks is None:  # default hooks: add the hooks the default SAEs read

@@ -1,9 +1,12 @@
 """`fer-diag` command line (typer + rich).
 
-Exit codes: 0 success; 1 an unexpected failure (traceback shown); 2 bad input
-(unknown model / hook, missing corpus, empty text set, SAE mismatch…: the message
-names the fix); 130 interrupted (finished text sets are kept; re-run the same
-command to resume).
+Exit codes: 0 success; 1 an unexpected failure, i.e. a bug (traceback shown); 2 bad
+input, any :class:`~fer_diag.errors.FerDiagError` (unknown model / hook, missing or
+non-text file, unwritable ``--out``, option out of range, missing corpus, empty text
+set, SAE mismatch…: the message names the fix); 130 interrupted (finished text sets
+are kept; re-run the same command to resume). What can be checked without the model
+(files, output folder, option ranges, model installed, window length) is checked
+before the model loads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fer_diag.errors import ConfigError, FerDiagError, InputFileError
 from fer_diag.sae.recipe import SAETrainingConfig
 
 app = typer.Typer(
@@ -41,8 +45,59 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _fail(exc: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # messages hold brackets: [batch, pos, d], hooks=[...]
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+#: CLI option of each config field whose name does not map to ``--field-name``.
+_OPTION_OF_FIELD = {"random_init_control": "--control/--no-control", "default_saes": "--default-saes/--no-default-saes"}
+
+
+def _option(field: str) -> str:
+    return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def _build_config(cls, **values):
+    """``cls(**values)`` (a pydantic model); a validation error becomes a :class:`ConfigError` naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        bounds = {"ge": "{} or more", "gt": "more than {}", "le": "{} or less", "lt": "less than {}"}
+        problems = []
+        for err in e.errors():
+            option = _option(str(err["loc"][0])) if err["loc"] else cls.__name__
+            ctx = err.get("ctx") or {}
+            bound = next((bounds[k].format(ctx[k]) for k in bounds if k in ctx), None)
+            fix = f"pass {option} {bound}" if bound else err["msg"]
+            problems.append(f"{option} {err.get('input')} is out of range: {fix}" if bound else f"{option}: {fix}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+def _check_text_files(paths: list[Path] | None) -> None:
+    from fer_diag.data.sources import check_text_file
+
+    for p in paths or []:
+        check_text_file(p)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Create ``out`` if needed and check that a file can be written there (before any long step)."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise InputFileError(f"--out {out} is a file, not a folder; pass a folder path (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise InputFileError(
+            f"cannot write to --out {out} ({e.strerror or e}); pass a folder you can write to"
+        ) from None
 
 
 @app.command()
@@ -54,12 +109,15 @@ def audit(
     sae: Annotated[
         list[str] | None, typer.Option("--sae", help="sae-lens SAE folder (or release/id when a hub is reachable)")
     ] = None,
-    no_default_saes: Annotated[bool, typer.Option(help="do not use the shipped default SAEs")] = False,
+    default_saes: Annotated[
+        bool, typer.Option("--default-saes/--no-default-saes", help="use the shipped default SAEs of zoo models")
+    ] = True,
     id_text: Annotated[list[Path] | None, typer.Option(help="in-distribution text file(s): .txt or .jsonl")] = None,
     ood_text: Annotated[list[Path] | None, typer.Option(help="shifted text file(s): .txt or .jsonl")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 48,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
+    min_tokens: Annotated[int, typer.Option(help="windows with fewer counted tokens are dropped")] = 8,
     batch_size: Annotated[int, typer.Option()] = 8,
     bridge: Annotated[bool, typer.Option(help="wrap the model as a TransformerBridge")] = False,
     control: Annotated[bool, typer.Option(help="also audit a randomly initialised copy (learned vs intrinsic)")] = True,
@@ -72,17 +130,36 @@ def audit(
     """Audit a model: sparsity per layer and text set, massive activations, familiarity AUROCs, SAE fidelity."""
     from fer_diag.audit import Audit, AuditConfig
 
-    config = AuditConfig(
-        hooks=hooks or None,
-        max_seqs=max_seqs,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        random_init_control=control,
-        ce_windows=ce_windows,
-        default_saes=not no_default_saes,
-        seed=seed,
-        device=device,
-    )
+    try:  # everything that can be checked without the model, before it loads
+        config = _build_config(
+            AuditConfig,
+            hooks=hooks or None,
+            max_seqs=max_seqs,
+            seq_len=seq_len,
+            min_tokens=min_tokens,
+            batch_size=batch_size,
+            random_init_control=control,
+            ce_windows=ce_windows,
+            default_saes=default_saes,
+            seed=seed,
+            device=device,
+        )
+        if bool(id_text) != bool(ood_text):
+            raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")
+        _check_text_files(id_text)
+        _check_text_files(ood_text)
+        from fer_diag.models import check_available, check_seq_len
+
+        check_seq_len(model, seq_len, bridge=bridge)  # also refuses an unknown model name
+        check_available(model)
+        if sae:
+            from fer_diag.sae.loading import check_sae_spec
+
+            for spec in sae:
+                check_sae_spec(spec)
+        _check_out_dir(out)
+    except FerDiagError as exc:
+        _fail(exc)
     try:
         runner = Audit(
             model,
@@ -141,7 +218,7 @@ def models(
             "yes" if r.cached else "no",
             str(r.n_layers),
             str(r.d_model),
-            "" if r.installed else r.install_command,
+            "" if r.installed or r.cached else r.install,
         )
     Console().print(table)
 
@@ -192,17 +269,12 @@ def train_sae(
 ) -> None:
     """Train SAEs offline with sae-lens's trainer; saves sae-lens folders plus a card.json (EV, L0, dead fraction)."""
     from fer_diag.data.sources import english_fortunes, read_texts
-    from fer_diag.models import load_model
+    from fer_diag.models import check_available, load_model
     from fer_diag.sae.training import sae_dir_name, train_saes
 
     try:
-        loaded = load_model(model)
-        if text:
-            texts = [t for path in text for t in read_texts(path).texts]
-            eval_texts = None
-        else:
-            texts, eval_texts = english_fortunes(split="train"), english_fortunes(split="heldout")
-        cfg = SAETrainingConfig(
+        cfg = _build_config(
+            SAETrainingConfig,
             architecture=architecture,
             d_sae=d_sae,
             k=k,
@@ -210,6 +282,15 @@ def train_sae(
             cache_tokens=cache_tokens,
             seed=seed,
         )
+        _check_text_files(text)
+        check_available(model)
+        _check_out_dir(out)
+        loaded = load_model(model)
+        if text:
+            texts = [t for path in text for t in read_texts(path).texts]
+            eval_texts = None
+        else:
+            texts, eval_texts = english_fortunes(split="train"), english_fortunes(split="heldout")
         results = train_saes(loaded, hook, texts, eval_texts=eval_texts, config=cfg, out_dir=out)
     except _user_errors() as exc:
         _fail(exc)
@@ -275,6 +356,14 @@ def bench(
     for n, mb in res.peak_rss_mb.items():
         t.add_row(f"peak RSS (MiB), {n} windows", f"{mb:.0f}", "")
     out.print(t)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of report.json (the `Report` model, this fer-diag's schema version)."""
+    from fer_diag.report.schema import Report
+
+    sys.stdout.write(json.dumps(Report.model_json_schema(), indent=2, ensure_ascii=False) + "\n")
 
 
 def main() -> None:  # pragma: no cover - console entry

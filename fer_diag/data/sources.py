@@ -43,6 +43,8 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
+from fer_diag.errors import BadInputError, FerDiagError, InputFileError, MissingFileError
+
 FORTUNES_ENV = "FER_DIAG_FORTUNES_DIR"
 WORDS_ENV = "FER_DIAG_WORDS_FILE"
 ISO_CODES_ENV = "FER_DIAG_ISO_CODES_DIR"
@@ -87,7 +89,7 @@ _MATH_RE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
 HELDOUT_FRACTION = 0.25
 
 
-class MissingCorpusError(FileNotFoundError):
+class MissingCorpusError(FerDiagError, FileNotFoundError):
     """A corpus is not installed; the message names the command that installs it."""
 
     def __init__(self, source: str, path: str | Path, install_command: str, hint: str = "") -> None:
@@ -147,6 +149,39 @@ def _read(path: Path) -> str:
     data = path.read_bytes()
     text = data.decode("utf-8", errors="replace")
     return text if text.count("\ufffd") <= 0.01 * len(text) else data.decode("latin-1")
+
+
+def check_text_file(path: str | Path, head: int = 1024) -> Path:
+    """``path`` if it is an existing file that looks like text, else :class:`~fer_diag.errors.InputFileError`.
+
+    Text means: no NUL byte and valid UTF-8 in the first ``head`` bytes (a multi-byte
+    character cut at the end of that block is allowed). Binary files (executables, archives,
+    images) and text in legacy 8-bit encodings are refused with a message naming the file;
+    re-save the latter as UTF-8. A missing path raises :class:`~fer_diag.errors.MissingFileError`.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError(f"text file {str(p)!r} does not exist; check the path")
+    if not p.is_file():
+        raise MissingFileError(f"{str(p)!r} is not a file; pass a .txt or .jsonl file")
+    try:
+        with p.open("rb") as f:
+            block = f.read(head)
+    except OSError as e:
+        raise InputFileError(f"cannot read text file {str(p)!r} ({e.strerror or e}); check its permissions") from e
+    if b"\0" in block:
+        raise InputFileError(
+            f"{str(p)!r} is not a text file (it holds NUL bytes: binary data); pass a UTF-8 .txt or .jsonl file"
+        )
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(block) - 3 or e.reason != "unexpected end of data":
+            raise InputFileError(
+                f"{str(p)!r} is not UTF-8 text (invalid byte at offset {e.start}); "
+                "pass a UTF-8 .txt or .jsonl file (re-save it as UTF-8 if it is text)"
+            ) from None
+    return p
 
 
 def join_entries(entries: Iterable[str], min_chars: int = DEFAULT_MIN_CHARS) -> list[str]:
@@ -277,7 +312,7 @@ def foreign_fortunes(
 ) -> list[str]:
     """Fortunes of ``fortunes-<lang>`` (de, es, it, pl, ru, zh), joined like :func:`english_fortunes`."""
     if lang not in FOREIGN_LANGUAGES:
-        raise ValueError(f"unknown fortune language {lang!r}; choose one of {sorted(FOREIGN_LANGUAGES)}")
+        raise BadInputError(f"unknown fortune language {lang!r}; choose one of {sorted(FOREIGN_LANGUAGES)}")
     base = fortunes_root(root)
     if lang == "zh":
         files = _fortune_files(base, CHINESE_FORTUNE_FILES) if base.is_dir() else []
@@ -469,10 +504,15 @@ def read_jsonl(path: str | Path, field: str = "text", label_field: str | None = 
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
-        for key in (field, label_field):
-            if key is not None and (not isinstance(obj, dict) or key not in obj):
-                raise ValueError(f"{path}:{n}: no field {key!r}; pass field=/label_field= naming the right key")
+            raise InputFileError(f"{path}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
+        if not isinstance(obj, dict):
+            raise InputFileError(f'{path}:{n}: not a JSON object; expected one object per line, e.g. {{"{field}": …}}')
+        for key, arg in ((field, "field"), (label_field, "label_field")):
+            if key is not None and key not in obj:
+                raise InputFileError(
+                    f"{path}:{n}: no field {key!r} (fields: {', '.join(map(repr, obj)) or 'none'}); give every line "
+                    f"a {key!r} field, or from Python name the right one with {arg}=…"
+                )
         texts.append(str(obj[field]))
         if label_field is not None:
             raw_labels.append(obj[label_field])
@@ -483,9 +523,7 @@ def read_jsonl(path: str | Path, field: str = "text", label_field: str | None = 
 
 def read_texts(path: str | Path, field: str = "text", label_field: str | None = None) -> Records:
     """A user file by extension: ``.jsonl`` / ``.ndjson`` via :func:`read_jsonl`, anything else as plain text."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"text file {str(p)!r} does not exist")
+    p = check_text_file(path)
     if p.suffix.lower() in {".jsonl", ".ndjson"}:
         return read_jsonl(p, field, label_field)
     return Records(read_text_file(p))
@@ -496,7 +534,7 @@ def from_hf_dataset(ds: Any, field: str = "text", label_field: str | None = None
     columns = getattr(ds, "column_names", None) or list(ds.keys())
     for key in (field, label_field):
         if key is not None and key not in columns:
-            raise ValueError(f"dataset has no column {key!r}; columns: {columns}")
+            raise BadInputError(f"dataset has no column {key!r}; columns: {columns}")
     texts = [str(t) for t in ds[field]]
     if label_field is None:
         return Records(texts)

@@ -29,6 +29,7 @@ from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_direc
 from safetensors import SafetensorError
 
 from fer_diag.capture import available_hooks, hook_layer
+from fer_diag.errors import FerDiagError
 
 #: what a user may pass for one SAE
 SAESpec = SAE | str | Path | tuple[str, str]
@@ -36,11 +37,11 @@ SAESpec = SAE | str | Path | tuple[str, str]
 SHIPPED_DIR = "assets/saes"
 
 
-class SAELoadError(ValueError):
+class SAELoadError(FerDiagError, ValueError):
     """An SAE could not be loaded (not a sae-lens folder, unknown release, hub unreachable)."""
 
 
-class SAEMatchError(ValueError):
+class SAEMatchError(FerDiagError, ValueError):
     """An SAE does not fit the model or the captured hooks (hook, width)."""
 
 
@@ -53,27 +54,44 @@ def load_sae(spec: SAESpec, device: str = "cpu") -> SAE:
         return spec
     if isinstance(spec, tuple):
         return _from_registry(*spec, device=device)
+    if check_sae_spec(spec) == "folder":
+        return load_sae_folder(spec, device=device)
+    release, _, sae_id = str(spec).partition("/")
+    return _from_registry(release, sae_id, device=device)
+
+
+def check_sae_spec(spec: str | Path) -> str:
+    """``"folder"`` or ``"registry"``: what a string SAE spec names, checked without loading anything.
+
+    Raises :class:`SAELoadError` for a folder not in sae-lens format, or a string that is
+    neither an existing path nor a sae-lens registry ``release/sae_id``.
+    """
     path = Path(spec)
     if path.exists():
-        return load_sae_folder(path, device=device)
+        _check_folder(path)
+        return "folder"
     release, _, sae_id = str(spec).partition("/")
     if sae_id and release in get_pretrained_saes_directory():
-        return _from_registry(release, sae_id, device=device)
+        return "registry"
     raise SAELoadError(
         f"{str(spec)!r} is neither an existing folder nor a sae-lens registry 'release/sae_id'. "
         "Pass a folder written by sae.save_model(folder), or a release listed in sae-lens's pretrained_saes.yaml."
     )
 
 
-def load_sae_folder(path: str | Path, device: str = "cpu") -> SAE:
-    """``SAE.load_from_disk`` (float32) with a clear error when the folder is not in sae-lens format."""
-    path = Path(path)
+def _check_folder(path: Path) -> None:
     missing = [f for f in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (path / f).is_file()]
     if missing:
         raise SAELoadError(
             f"folder {str(path)!r} is not in sae-lens format: missing {', '.join(missing)}. "
             "Save an SAE with sae.save_model(folder) (sae-lens) to get cfg.json + sae_weights.safetensors."
         )
+
+
+def load_sae_folder(path: str | Path, device: str = "cpu") -> SAE:
+    """``SAE.load_from_disk`` (float32) with a clear error when the folder is not in sae-lens format."""
+    path = Path(path)
+    _check_folder(path)
     try:
         return SAE.load_from_disk(path, device=device, dtype="float32")
     except (KeyError, ValueError, TypeError, SafetensorError) as e:
@@ -176,7 +194,7 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
         if hook is None:
             raise SAEMatchError(
                 f"SAE {_label(spec)} reads hook {name!r}, which is not captured (hooks: {', '.join(hooks)}). "
-                f"Add {name!r} to the hooks (--hook {name})."
+                f"Add {name!r} to the hooks (--hooks {name}, or hooks=[...] from Python)."
             )
         if hook in out:
             raise SAEMatchError(f"two SAEs given for hook {hook!r}; pass one SAE per hook")
