@@ -370,9 +370,11 @@ def test_one_cache_feeds_several_hooks(tmp_path, tiny_hooked):
 
 
 def test_training_needs_enough_text(tiny_hooked):
-    with pytest.raises(ValueError, match="too little to train"):
+    from fer_diag.errors import TextSetError  # a user error: the CLI exits 2 with the message
+
+    with pytest.raises(TextSetError, match="too little to train"):
         train_sae(tiny_hooked, HOOK0, ["the cat"], progress=False)
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(TextSetError, match="fewer than one batch"):
         train_sae(tiny_hooked, HOOK0, ["The quick brown fox."] * 20, cache_tokens=40, seq_len=16, progress=False)
 
 

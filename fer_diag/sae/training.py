@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from fer_diag.analyzers.massive import detect_massive
 from fer_diag.capture import Capture, resolve_hooks
 from fer_diag.data.suite import SetKind, TextSet, Windows
+from fer_diag.errors import TextSetError
 from fer_diag.sae.loading import shipped_sae_dir
 from fer_diag.sae.recipe import DEFAULT_SAE_HOOKS, SAETrainingConfig
 
@@ -66,7 +67,7 @@ def pack_windows(texts: Sequence[str], tokenizer, seq_len: int, bos_token_id: in
             starts.append(buf_start)
             buf, buf_start = buf[body:], i
     if not rows:
-        raise ValueError(
+        raise TextSetError(
             f"{len(texts)} text(s) give fewer than {body} tokens: too little to train an SAE. Pass more text."
         )
     tokens = torch.tensor(rows, dtype=torch.long)
@@ -166,9 +167,9 @@ def train_on_activations(
     """Train one SAE on cached activations with sae-lens's trainer; return the inference SAE and its card."""
     torch.manual_seed(cfg.seed)
     if len(acts) < cfg.batch_size:
-        raise ValueError(
+        raise TextSetError(
             f"only {len(acts)} activation vectors for {hook}, fewer than one batch ({cfg.batch_size}). "
-            "Pass more text or a smaller batch_size."
+            "Pass more text (--text), or from Python a smaller SAETrainingConfig(batch_size=…)."
         )
     metadata = SAEMetadata(model_name=model_name, hook_name=hook, context_size=cfg.seq_len, prepend_bos=True)
     sae = _training_sae(cfg, acts.shape[1], metadata)
@@ -272,7 +273,9 @@ def build_cache(
         return ActivationCache(collect(windows), collect(eval_windows), len(texts))
     n_held = max(1, round(len(windows) * cfg.heldout_fraction))
     if n_held >= len(windows):
-        raise ValueError(f"{len(windows)} window(s) cannot be split into training and held-out parts. Pass more text.")
+        raise TextSetError(
+            f"{len(windows)} window(s) cannot be split into training and held-out parts. Pass more text."
+        )
     perm = torch.randperm(len(windows), generator=torch.Generator().manual_seed(cfg.seed))
     acts = collect(windows)
     per_window = int(windows.mask[0].sum())  # counted positions are stored window after window
