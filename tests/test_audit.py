@@ -133,8 +133,8 @@ def test_interrupted_run_resumes_with_same_result(tiny_hooked, tmp_path, monkeyp
     assert not (tmp_path / ".partial").exists()
     full = audit().run()
     for section in ("sparsity", "sae_fidelity"):
-        assert json.dumps(getattr(resumed, section), sort_keys=True) == json.dumps(
-            getattr(full, section), sort_keys=True
+        assert json.dumps(resumed.model_dump(mode="json")[section], sort_keys=True) == json.dumps(
+            full.model_dump(mode="json")[section], sort_keys=True
         )
     if with_sae:
         sets = resumed.sae_fidelity["hooks"]["blocks.1.hook_resid_post"]["sets"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fer_diag.report import views
 from fer_diag.report.schema import Report
+from fer_diag.report.sections import Profile
 from fer_diag.report.views import fmt, fmt_ci
 
 
@@ -47,7 +48,7 @@ def _profiles(r: Report, basis: str) -> str:
         rows = [
             [h] + [fmt(views.profile_value(r, basis, h, s, metric)) for s in sets]
             for h in r.hooks
-            if basis in r.sparsity.get("profiles", {}) and h in r.sparsity["profiles"][basis]
+            if h in views.profiles(r, basis)
         ]
         parts += [table(["hook", *sets], rows), ""]
     return "\n".join(parts)
@@ -69,7 +70,7 @@ def _familiarity(r: Report, basis: str) -> str:
         cells = []
         for s in shifted:
             b = views.baseline_auroc(r, s, base)
-            cells.append("–" if b is None else fmt_ci(b["auroc_oriented"], b["auroc_oriented_ci"]))
+            cells.append("–" if b is None else fmt_ci(b.auroc_oriented, b.auroc_oriented_ci))
         rows.append([f"baseline: {base}", *cells])
     for hook in r.hooks:
         for metric in views.headline_metrics(basis):
@@ -79,17 +80,17 @@ def _familiarity(r: Report, basis: str) -> str:
                     rs = views.detection_rows(
                         r, source="sparsity", basis=basis, hook=hook, metric=metric, set_name=s, masked=masked
                     )
-                    rs = [x for x in rs if x["reduce"] in ("mean", "window")]
+                    rs = [x for x in rs if x.reduce in ("mean", "window")]
                     if not rs:
                         cells.append("–")
                         continue
                     x = rs[0]
-                    word = {"sparser_is_ood": "sparser", "denser_is_ood": "denser"}.get(x["sparsity_direction"], "")
-                    cells.append(f"{fmt_ci(x['auroc_oriented'], x['auroc_oriented_ci'])} {word}")
+                    word = {"sparser_is_ood": "sparser", "denser_is_ood": "denser"}.get(x.sparsity_direction, "")
+                    cells.append(f"{fmt_ci(x.auroc_oriented, x.auroc_oriented_ci)} {word}")
                 if all(c == "–" for c in cells):
                     continue
                 if masked and all(
-                    x["masked_same_as_unmasked"]
+                    x.masked_same_as_unmasked
                     for x in views.detection_rows(r, source="sparsity", basis=basis, hook=hook, metric=metric)
                 ):
                     continue
@@ -103,26 +104,26 @@ def _graded(r: Report, basis: str) -> str:
     for hook in r.hooks:
         for metric in views.headline_metrics(basis):
             for g in views.graded_rows(r, source="sparsity", basis=basis, hook=hook, metric=metric, masked=False):
-                if g["reduce"] not in ("mean", "window"):
+                if g.reduce not in ("mean", "window"):
                     continue
                 rows.append(
                     [
                         hook,
                         metric,
-                        g["axis"],
-                        fmt_ci(g["spearman_rho"], g["spearman_ci"]),
-                        fmt_ci(g["pearson_r_means"], g["pearson_ci"]),
-                        str(g["sparsity_direction"] or "–"),
+                        g.axis,
+                        fmt_ci(g.spearman_rho, g.spearman_ci),
+                        fmt_ci(g.pearson_r_means, g.pearson_ci),
+                        str(g.sparsity_direction or "–"),
                     ]
                 )
     for g in views.graded_rows(r, source="baseline"):
         rows.append(
             [
                 "baseline",
-                g["metric"],
-                g["axis"],
-                fmt_ci(g["spearman_rho"], g["spearman_ci"]),
-                fmt_ci(g["pearson_r_means"], g["pearson_ci"]),
+                g.metric,
+                g.axis,
+                fmt_ci(g.spearman_rho, g.spearman_ci),
+                fmt_ci(g.pearson_r_means, g.pearson_ci),
                 "",
             ]
         )
@@ -141,39 +142,41 @@ def _graded(r: Report, basis: str) -> str:
 
 
 def _massive(r: Report) -> str:
-    hooks = r.massive.get("hooks", {})
+    m = r.massive
+    if m is None:
+        return ""
     rows = []
-    for hook, h in sorted(hooks.items(), key=lambda kv: views.layer_of(kv[0])):
-        for d in h["dims"]:
+    for hook, h in sorted(m.hooks.items(), key=lambda kv: views.layer_of(kv[0])):
+        for d in h.dims:
             rows.append(
                 [
                     hook,
-                    str(d["dim"]),
-                    fmt(d["max_abs"]),
-                    fmt(d["value_mean"]),
-                    fmt(d["value_cv"]),
-                    fmt(d["seq_frac"]),
-                    f"{d['hits_first_position']} / {d['hits_later_positions']}",
-                    fmt(h["energy_share_mean"]),
-                    fmt(h["median_abs_mean"]),
+                    str(d.dim),
+                    fmt(d.max_abs),
+                    fmt(d.value_mean),
+                    fmt(d.value_cv),
+                    fmt(d.seq_frac),
+                    f"{d.hits_first_position} / {d.hits_later_positions}",
+                    fmt(h.energy_share_mean),
+                    fmt(h.median_abs),
                 ]
             )
     head = [
         "## Massive activations",
         "",
-        f"Criterion (Sun et al. 2024): |h| > {fmt(r.massive.get('abs_threshold'))} and ≥ "
-        f"{fmt(r.massive.get('ratio'))} × the layer's median |h|. First layer with any: "
-        f"{fmt(r.massive.get('first_layer'))}.",
+        f"Criterion (Sun et al. 2024): |h| > {fmt(m.abs_threshold)} and ≥ "
+        f"{fmt(m.ratio)} × the layer's median |h|. First layer with any: "
+        f"{fmt(m.first_layer)}.",
         "",
     ]
     if not rows:
         return "\n".join([*head, "None found on the hooked layers."])
-    sc = r.massive.get("scaffold")
+    sc = m.scaffold
     if sc:
         head += [
-            f"Scaffold test (Sun et al.) at `{sc['hook']}`, dims {sc['dims']} at position 0, "
-            f"{sc['windows']} in-distribution windows: mean NLL clean {fmt(sc['nll_clean'])}, "
-            f"set to their mean across inputs {fmt(sc['nll_mean'])}, set to zero {fmt(sc['nll_zero'])}.",
+            f"Scaffold test (Sun et al.) at `{sc.hook}`, dims {sc.dims} at position 0, "
+            f"{sc.windows} in-distribution windows: mean NLL clean {fmt(sc.nll_clean)}, "
+            f"set to their mean across inputs {fmt(sc.nll_mean)}, set to zero {fmt(sc.nll_zero)}.",
             "",
         ]
     header = [
@@ -194,13 +197,13 @@ def _control(r: Report) -> str:
     ctrl = r.control
     if not ctrl:
         return ""
-    sets = ctrl["sets"]
+    sets = ctrl.sets
     ref = sets[0]
     rows = []
     for hook in r.hooks:
         trained = [views.profile_value(r, "raw", hook, s, "hoyer") for s in sets]
-        prof = ctrl["sparsity"]["profiles"].get("raw", {}).get(hook, {})
-        rand = [prof.get(s, {}).get("metrics", {}).get("hoyer", {}).get("unmasked", {}).get("seq_mean") for s in sets]
+        prof = ctrl.sparsity.profiles.get("raw", {}).get(hook, {})
+        rand = [_seq_mean(prof.get(s), "hoyer") for s in sets]
         cells = []
         for t, q in zip(trained[1:], rand[1:], strict=True):
             gap_t = None if t is None or trained[0] is None else t - trained[0]
@@ -217,6 +220,12 @@ def _control(r: Report) -> str:
             table(["hook", *sets[1:]], rows),
         ]
     )
+
+
+def _seq_mean(prof: Profile | None, metric: str) -> float | None:
+    """Unmasked mean over windows of ``metric`` in a profile (None when absent)."""
+    side = None if prof is None else prof.metrics.get(metric, {}).get("unmasked")
+    return None if side is None else side.seq_mean
 
 
 def _plots(r: Report) -> str:

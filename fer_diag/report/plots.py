@@ -68,12 +68,12 @@ def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]
             rows = views.detection_rows(
                 report, source="sparsity", basis=basis, metric=metric, set_name=set_name, masked=False
             )
-            rows = [r for r in rows if r["reduce"] in ("mean", "window")]
-            rows.sort(key=lambda r: views.layer_of(r["hook"]))
+            rows = [r for r in rows if r.reduce in ("mean", "window")]
+            rows.sort(key=lambda r: views.layer_of(r.hook))
             if rows:
                 ax.plot(
-                    [views.layer_of(r["hook"]) for r in rows],
-                    [r["auroc_oriented"] for r in rows],
+                    [views.layer_of(r.hook) for r in rows],
+                    [r.auroc_oriented for r in rows],
                     marker="o",
                     ms=3,
                     label=metric,
@@ -81,7 +81,7 @@ def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]
         for style, base in zip(("--", ":", "-."), views.BASELINES, strict=True):
             row = views.baseline_auroc(report, set_name, base)
             if row is not None:
-                ax.axhline(row["auroc_oriented"], ls=style, color="grey", label=f"baseline: {base}")
+                ax.axhline(row.auroc_oriented, ls=style, color="grey", label=f"baseline: {base}")
         ax.axhline(0.5, color="black", lw=0.5)
         ax.set_ylim(0.4, 1.01)
         ax.set_xlabel("layer")
@@ -93,14 +93,14 @@ def auroc_per_layer(report: Report, out: Path, basis: str = "raw") -> list[Path]
 
 
 def massive_per_layer(report: Report, out: Path) -> list[Path]:
-    hooks = report.massive.get("hooks", {})
+    hooks = report.massive.hooks if report.massive else {}
     if not hooks:
         return []
     items = sorted(hooks.items(), key=lambda kv: views.layer_of(kv[0]))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(
         [views.layer_of(h) for h, _ in items],
-        [max((d["max_abs"] for d in v["dims"]), default=0.0) for _, v in items],
+        [max((d.max_abs for d in v.dims), default=0.0) for _, v in items],
     )
     ax.set_yscale("symlog")
     ax.set_xlabel("layer")

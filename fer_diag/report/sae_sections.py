@@ -10,19 +10,19 @@ from fer_diag.report.views import fmt
 
 def _fidelity(r: Report) -> str:
     rows = []
-    for hook, h in r.sae_fidelity.get("hooks", {}).items():
-        for set_name, s in h["sets"].items():
+    for hook, h in (r.sae_fidelity.hooks if r.sae_fidelity else {}).items():
+        for set_name, s in h.sets.items():
             rows.append(
                 [
                     hook,
                     set_name,
-                    fmt(s["explained_variance"]),
-                    fmt(s["ev_drop"]),
-                    fmt(s["cosine"]),
-                    fmt(s["relative_mse"]),
-                    fmt(s["l0"], 1),
-                    fmt(s["ce_score"]),
-                    str(s["ce_tokens"]),
+                    fmt(s.explained_variance),
+                    fmt(s.ev_drop),
+                    fmt(s.cosine),
+                    fmt(s.relative_mse),
+                    fmt(s.l0, 1),
+                    fmt(s.ce_score),
+                    str(s.ce_tokens),
                 ]
             )
     header = ["hook", "text set", "EV", "EV drop vs ID", "cosine", "rel. MSE", "L0", "CE score", "CE tokens"]
@@ -45,7 +45,7 @@ def _sign(x: float | None, eps: float = 1e-12) -> int:
 
 def _l0_vs_raw(r: Report) -> str:
     """Per SAE hook and set: SAE L0 change and raw thresholded-density change vs the ID set, and whether they agree."""
-    ref = r.familiarity.get("reference_set") or (views.set_names(r, ["in_distribution"]) or [None])[0]
+    ref = views.reference_set(r)
     sae_bases = [b for b in views.bases(r) if b != "raw"]
     if ref is None or not sae_bases:
         return ""
@@ -105,10 +105,10 @@ def _l0_vs_raw(r: Report) -> str:
 
 def _density(r: Report) -> str:
     rows = []
-    for basis, hooks in r.sparsity.get("feature_density", {}).items():
+    for basis, hooks in (r.sparsity.feature_density if r.sparsity else {}).items():
         for hook, sets in hooks.items():
             for s, d in sets.items():
-                rows.append([basis, hook, s, fmt(d["mean_l0"], 1), fmt(d["dead_frac"]), fmt(d["dense_frac"])])
+                rows.append([basis, hook, s, fmt(d.mean_l0, 1), fmt(d.dead_frac), fmt(d.dense_frac)])
     if not rows:
         return ""
     return "\n".join(
@@ -121,7 +121,7 @@ def _density(r: Report) -> str:
 
 
 def _shifted(r: Report, per_side: int = 3) -> str:
-    hooks = r.shifted_latents.get("hooks", {})
+    hooks = r.shifted_latents.hooks if r.shifted_latents else {}
     if not hooks:
         return ""
     parts = [
@@ -135,16 +135,16 @@ def _shifted(r: Report, per_side: int = 3) -> str:
         rows = []
         for s, entry in sets.items():
             for side in ("gained", "lost"):
-                for lat in entry.get(side, [])[:per_side]:
-                    ctx = lat["contexts"][0]["text"] if lat["contexts"] and "text" in lat["contexts"][0] else ""
+                for lat in getattr(entry, side)[:per_side]:
+                    ctx = (lat.contexts[0].text if lat.contexts else None) or ""
                     ctx = ctx.replace("\n", " ").replace("|", "\\|")
                     rows.append(
                         [
                             s,
                             side,
-                            str(lat["latent"]),
-                            fmt(lat["rate_reference"]),
-                            fmt(lat["rate"]),
+                            str(lat.latent),
+                            fmt(lat.rate_reference),
+                            fmt(lat.rate),
                             ctx[:90],
                         ]
                     )

@@ -14,24 +14,24 @@ def _best_shift(r: Report, basis: str, hook: str, metric: str) -> str:
     rows = [
         x
         for x in views.detection_rows(r, source="sparsity", basis=basis, hook=hook, metric=metric, masked=False)
-        if x["kind"] == "shifted" and x["reduce"] in ("mean", "window")
+        if x.kind == "shifted" and x.reduce in ("mean", "window")
     ]
     if not rows:
         return "–"
-    lo = min(x["auroc_oriented"] for x in rows)
-    hi = max(x["auroc_oriented"] for x in rows)
+    lo = min(x.auroc_oriented for x in rows)
+    hi = max(x.auroc_oriented for x in rows)
     return f"{fmt(lo, 2)}–{fmt(hi, 2)}"
 
 
 def _rho(r: Report, basis: str, hook: str, metric: str, axis: str = "shift") -> str:
     rows = views.graded_rows(r, source="sparsity", basis=basis, hook=hook, metric=metric, masked=False, axis=axis)
-    rows = [g for g in rows if g["reduce"] in ("mean", "window")]
-    return fmt(rows[0]["spearman_rho"], 2) if rows else "–"
+    rows = [g for g in rows if g.reduce in ("mean", "window")]
+    return fmt(rows[0].spearman_rho, 2) if rows else "–"
 
 
 def print_summary(r: Report, console: Console | None = None) -> None:
     console = console or Console()
-    ref = r.familiarity.get("reference_set") or (views.set_names(r, ["in_distribution"]) or ["?"])[0]
+    ref = views.reference_set(r) or "?"
     shifted = views.set_names(r, ["shifted"])
     far = next((s for s in reversed(views.detection_sets(r)) if s not in shifted), None)
     for basis in views.bases(r):
@@ -45,7 +45,7 @@ def print_summary(r: Report, console: Console | None = None) -> None:
         t.add_column("AUROC", justify="right")
         t.add_column("ρ shift", justify="right")
         for hook in r.hooks:
-            if hook not in r.sparsity.get("profiles", {}).get(basis, {}):
+            if hook not in views.profiles(r, basis):
                 continue
             row = [hook, fmt(views.profile_value(r, basis, hook, ref, metric))]
             if far:
@@ -54,10 +54,10 @@ def print_summary(r: Report, console: Console | None = None) -> None:
             t.add_row(*row)
         console.print(t)
     base = [views.baseline_auroc(r, s, "nll") for s in shifted]
-    base = [b["auroc_oriented"] for b in base if b]
+    base = [b.auroc_oriented for b in base if b]
     if base:
         console.print(f"perplexity baseline AUROC over shifted sets: {fmt(min(base), 2)}–{fmt(max(base), 2)}")
-    first = r.massive.get("first_layer")
+    first = r.massive.first_layer if r.massive else None
     if first is not None:
         console.print(f"massive activations from layer {first} (see report.md)")
     if r.skipped_sets:

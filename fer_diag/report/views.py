@@ -11,6 +11,7 @@ from typing import Any
 
 from fer_diag.capture import hook_layer
 from fer_diag.report.schema import Report
+from fer_diag.report.sections import DetectionRow, GradedRow, Profile
 
 #: metrics shown in headline tables, per basis (all metrics are in the JSON)
 HEADLINE = {"raw": ("hoyer", "thresh_density", "participation_ratio"), "sae": ("l0", "hoyer")}
@@ -45,7 +46,19 @@ def headline_metrics(basis: str) -> tuple[str, ...]:
 
 
 def bases(report: Report) -> list[str]:
-    return list(report.sparsity.get("profiles", {}))
+    return list(report.sparsity.profiles) if report.sparsity else []
+
+
+def profiles(report: Report, basis: str) -> dict[str, dict[str, Profile]]:
+    """``hook → set → Profile`` of one basis (empty when the basis or the section is absent)."""
+    return report.sparsity.profiles.get(basis, {}) if report.sparsity else {}
+
+
+def reference_set(report: Report) -> str | None:
+    """The familiarity reference set, else the first in-distribution set."""
+    if report.familiarity is not None:
+        return report.familiarity.reference_set
+    return next(iter(set_names(report, ["in_distribution"])), None)
 
 
 def set_names(report: Report, kinds: Iterable[str] | None = None) -> list[str]:
@@ -66,42 +79,42 @@ def profile_value(
     report: Report, basis: str, hook: str, set_name: str, metric: str, masked: bool = False, stat: str = "seq_mean"
 ) -> float | None:
     """A per-set aggregate of one metric (``seq_mean`` = mean over windows of the window mean)."""
-    prof = report.sparsity.get("profiles", {}).get(basis, {}).get(hook, {}).get(set_name)
+    prof = profiles(report, basis).get(hook, {}).get(set_name)
     if prof is None:
         return None
-    entry = prof["metrics"].get(metric, {})
-    side = entry.get("masked" if masked else "unmasked") or entry.get("unmasked") or {}
-    return side.get(stat)
+    entry = prof.metrics.get(metric, {})
+    side = entry.get("masked" if masked else "unmasked") or entry.get("unmasked")
+    return getattr(side, stat, None)  # window metrics have no token statistics
 
 
-def detection_rows(report: Report, **where: Any) -> list[dict]:
+def detection_rows(report: Report, **where: Any) -> list[DetectionRow]:
     """Familiarity detection rows whose fields equal ``where``."""
-    return _select(report.familiarity.get("detection", []), where)
+    return _select(report.familiarity.detection if report.familiarity else [], where)
 
 
-def graded_rows(report: Report, **where: Any) -> list[dict]:
+def graded_rows(report: Report, **where: Any) -> list[GradedRow]:
     """Graded-shift rows whose fields equal ``where``."""
-    return _select(report.familiarity.get("graded", []), where)
+    return _select(report.familiarity.graded if report.familiarity else [], where)
 
 
 _INDEX: dict[str, Any] = {}
 
 
-def _select(rows: list[dict], where: dict[str, Any]) -> list[dict]:
+def _select(rows: list, where: dict[str, Any]) -> list:
     """Rows matching ``where``, through an index on (source, metric) of the last row list asked about."""
     if "source" not in where or "metric" not in where:
-        return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+        return [r for r in rows if all(getattr(r, k, None) == v for k, v in where.items())]
     # a report holds many thousands of rows and renderings ask ~10^3 times; rebuilt when the list changes
     if _INDEX.get("rows") is not rows or _INDEX.get("n") != len(rows):
-        index: dict[tuple, list[dict]] = {}
+        index: dict[tuple, list] = {}
         for r in rows:
-            index.setdefault((r.get("source"), r.get("metric")), []).append(r)
+            index.setdefault((r.source, r.metric), []).append(r)
         _INDEX.update(rows=rows, n=len(rows), index=index)
     bucket = _INDEX["index"].get((where["source"], where["metric"]), [])
-    return [r for r in bucket if all(r.get(k) == v for k, v in where.items())]
+    return [r for r in bucket if all(getattr(r, k, None) == v for k, v in where.items())]
 
 
-def baseline_auroc(report: Report, set_name: str, metric: str = "nll") -> dict | None:
+def baseline_auroc(report: Report, set_name: str, metric: str = "nll") -> DetectionRow | None:
     rows = detection_rows(report, source="baseline", metric=metric, set_name=set_name)
     return rows[0] if rows else None
 
