@@ -121,7 +121,7 @@ def audit(
     batch_size: Annotated[int, typer.Option()] = 8,
     bridge: Annotated[bool, typer.Option(help="wrap the model as a TransformerBridge")] = False,
     control: Annotated[bool, typer.Option(help="also audit a randomly initialised copy (learned vs intrinsic)")] = True,
-    ce_windows: Annotated[int, typer.Option(help="windows per set for the SAE CE-loss score (0: skip)")] = 4,
+    ce_windows: Annotated[int, typer.Option(help="windows per set for the SAE CE-loss score (0: skip)")] = 8,
     resume: Annotated[bool, typer.Option(help="reuse text sets finished by an interrupted run in --out")] = True,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report to stdout")] = False,
