@@ -136,6 +136,13 @@ def resolve_hooks(model, patterns: Sequence[str]) -> list[str]:
     return out
 
 
+def check_hook_kinds(patterns: Sequence[str]) -> None:
+    """Refuse, without the model, hook names that are never one vector per position (:data:`UNSUPPORTED_HOOKS`)."""
+    for pat in patterns:
+        if not any(c in pat for c in "*?[") and _unsupported(pat):
+            raise _kind_error(pat)
+
+
 def _unsupported(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in UNSUPPORTED_HOOKS
 

@@ -151,6 +151,9 @@ def audit(
         from fer_diag.models import check_available, check_seq_len
 
         check_seq_len(model, seq_len, bridge=bridge)  # also refuses an unknown model name
+        from fer_diag.capture import check_hook_kinds
+
+        check_hook_kinds(hooks or [])
         check_available(model)
         if sae:
             from fer_diag.sae.loading import check_sae_spec

@@ -98,6 +98,12 @@ def test_out_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, 
     assert not no_audit
 
 
+def test_attention_pattern_hook_is_refused_before_the_model_loads(tmp_path, no_audit):
+    result = _audit("--hooks", "blocks.3.attn.hook_pattern", "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT and "not hold one activation vector per token position" in result.output
+    assert "hook_z" in result.output and not no_audit
+
+
 def test_missing_sae_folder_is_refused_before_the_model_loads(tmp_path, no_audit):
     result = _audit("--sae", tmp_path / "my-sae", "--out", tmp_path / "r")
     assert result.exit_code == EXIT_BAD_INPUT and "neither an existing folder" in result.output
