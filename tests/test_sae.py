@@ -124,6 +124,13 @@ def test_sae_for_hook_the_model_lacks(model):
         match_saes(make_sae(model.cfg.d_model, "blocks.1.hook_resid_pots"), model, [HOOK1])
 
 
+def test_sae_without_hook_name_names_a_fix_for_the_cli_too(model, tmp_path):
+    sae = make_sae(model.cfg.d_model, None)
+    sae.save_model(tmp_path / "sae")
+    with pytest.raises(SAEMatchError, match=r"Set metadata\.hook_name in its cfg\.json, or from Python pass"):
+        match_saes(str(tmp_path / "sae"), model, [HOOK0])
+
+
 def test_sae_without_hook_name_and_duplicates(model):
     d = model.cfg.d_model
     with pytest.raises(SAEMatchError, match=r"no cfg\.metadata\.hook_name.*\{hook_name: sae\}"):

@@ -180,7 +180,8 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
         name = key or sae.cfg.metadata.hook_name
         if not name:
             raise SAEMatchError(
-                f"SAE {_label(spec)} has no cfg.metadata.hook_name. Pass it as a dict {{hook_name: sae}}."
+                f"SAE {_label(spec)} has no cfg.metadata.hook_name. Set metadata.hook_name in its cfg.json, "
+                "or from Python pass it as a dict {hook_name: sae}."
             )
         point = _hook_point(model, name)
         if point is None:
@@ -188,7 +189,8 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
             hint = f" Close matches: {', '.join(close)}." if close else ""
             raise SAEMatchError(
                 f"SAE {_label(spec)} reads hook {name!r}, which this model does not have: it was trained for another "
-                f"model, or pass {{correct_hook: sae}}.{hint}"
+                f"model, or its cfg.json names the hook wrongly (fix metadata.hook_name there, or from Python pass "
+                f"{{correct_hook: sae}}).{hint}"
             )
         hook = points.get(id(point))
         if hook is None:
