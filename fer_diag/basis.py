@@ -1,6 +1,9 @@
 """Bases: how a hook's vector is read (DESIGN §2).
 
 :class:`RawBasis` reads the hook's own coordinates (neurons / residual dims).
+:class:`RotatedBasis` reads them after a fixed, seeded random orthogonal change
+of basis — a *generic* basis, for the verdict's basis-dependence test on hooks
+whose basis is not privileged (:func:`basis_privilege`).
 :class:`SAEBasis` reads an SAE's latents via sae-lens ``SAE.encode`` for the
 hooks that have an SAE; it also decodes (for fidelity) and splices
 reconstructions into forward passes for the CE-loss score
@@ -10,8 +13,9 @@ and returns float32 on CPU, like :mod:`fer_diag.capture`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -30,6 +34,70 @@ class RawBasis:
 
     def read(self, batch: ActivationBatch) -> ActivationBatch:
         return batch
+
+
+_NEURON_HOOK = re.compile(r"\.mlp\.hook_(pre|post|pre_linear)$")
+_ROTARY_HOOK = re.compile(r"\.attn\.hook_(q|k|rot_q|rot_k)$")
+_HEAD_HOOK = re.compile(r"\.attn\.hook_(z|v)$")
+
+
+def basis_privilege(hook: str) -> str | None:
+    """Why ``hook``'s coordinates are a privileged basis (so the basis-dependence test does not apply), or None.
+
+    The residual stream, attention and MLP outputs and per-head ``z`` / ``v`` are
+    not privileged: an orthogonal change of basis folds into the weights that
+    write and read them, with identical outputs. MLP neurons are privileged by
+    the elementwise nonlinearity; per-head queries and keys by the rotary
+    embedding, which acts on fixed coordinate pairs.
+    """
+    if _NEURON_HOOK.search(hook):
+        return "MLP neurons: the elementwise nonlinearity makes this basis privileged"
+    if _ROTARY_HOOK.search(hook):
+        return "queries / keys: the rotary embedding acts on fixed coordinate pairs"
+    return None
+
+
+@dataclass
+class RotatedBasis:
+    """Hook vectors in a generic basis: h ↦ h Q for a fixed Haar-random orthogonal Q drawn from ``seed``.
+
+    One Q per width. Per-head hooks (``attn.hook_z`` / ``hook_v``, flattened to
+    ``n_heads · d_head`` by capture) get a block-diagonal Q with one Haar block
+    per head (``n_heads``), the change of basis that folds into W_V / W_O. Hooks
+    with a privileged basis (:func:`basis_privilege`) are left out. The batch
+    is named ``raw@rot{seed}``: a raw basis read another way (no SAE latents).
+    """
+
+    seed: int
+    n_heads: int | None = None
+    _cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"raw@rot{self.seed}"
+
+    def rotation(self, d: int, per_head: bool = False) -> torch.Tensor:
+        """The float32 ``[d, d]`` Q used for width ``d``."""
+        from fer_diag.transforms import haar_orthogonal
+
+        key = (d, per_head)
+        if key not in self._cache:
+            if per_head and self.n_heads and d % self.n_heads == 0:
+                blocks = [haar_orthogonal(d // self.n_heads, self.seed * 1009 + h) for h in range(self.n_heads)]
+                q = torch.block_diag(*blocks)
+            else:
+                q = haar_orthogonal(d, self.seed)
+            self._cache[key] = q.float()
+        return self._cache[key]
+
+    def read(self, batch: ActivationBatch, hooks: Sequence[str] | None = None) -> ActivationBatch:
+        """The batch in this basis, for its hooks without a privileged basis."""
+        acts = {
+            h: a @ self.rotation(a.shape[-1], bool(_HEAD_HOOK.search(h)))
+            for h, a in batch.acts.items()
+            if (hooks is None or h in hooks) and basis_privilege(h) is None
+        }
+        return batch.with_acts(acts, self.name)
 
 
 @dataclass

@@ -81,6 +81,11 @@ class ActivationBatch:
     def hooks(self) -> list[str]:
         return list(self.acts)
 
+    @property
+    def is_latent(self) -> bool:
+        """True in an SAE basis; False for the raw coordinates and rotations of them (``raw@…``)."""
+        return not (self.basis == "raw" or self.basis.startswith("raw@"))
+
     def with_acts(self, acts: dict[str, torch.Tensor], basis: str) -> ActivationBatch:
         """The same batch read in another basis; ``raw`` keeps the hook vectors that were read."""
         raw = {h: self.acts[h] for h in acts} if self.basis == "raw" else self.raw

@@ -28,7 +28,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fer_diag.analyzers.base import Analyzer, Reading
-from fer_diag.basis import SAEBasis
+from fer_diag.basis import RotatedBasis, SAEBasis
 from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import TextSet, Windows
 
@@ -91,6 +91,8 @@ class Pipeline:
     capture: the model and hooks (one forward pass per batch).
     analyzers: ``name → analyzer``; each gets the readings it declares.
     sae_basis: SAE latents for the analyzers that read :attr:`Reading.SAE`.
+    rotations: generic bases (:class:`~fer_diag.basis.RotatedBasis`) for the analyzers
+        that read :attr:`Reading.ROTATED`.
     ce_windows: windows per set (the lowest-numbered) that get the SAE CE-loss splice.
     checkpoint: where finished sets are saved, and resumed from.
     progress: show progress bars.
@@ -99,6 +101,7 @@ class Pipeline:
     capture: Capture
     analyzers: dict[str, Analyzer]
     sae_basis: SAEBasis | None = None
+    rotations: Sequence[RotatedBasis] = ()
     ce_windows: int = 0
     checkpoint: Checkpoint | None = None
     progress: bool = True
@@ -147,15 +150,18 @@ class Pipeline:
 
     def feed(self, batch: ActivationBatch) -> None:
         """One raw batch through the bases into every analyzer that reads them."""
-        views = {Reading.RAW: batch, Reading.READOUTS: batch}
-        if self.sae_basis is not None and any(Reading.SAE in a.reads for a in self.analyzers.values()):
+        wanted = set().union(*(a.reads for a in self.analyzers.values()))
+        views: dict[Reading, list[ActivationBatch]] = {Reading.RAW: [batch], Reading.READOUTS: [batch]}
+        if Reading.ROTATED in wanted:
+            views[Reading.ROTATED] = [r.read(batch) for r in self.rotations]
+        if self.sae_basis is not None and Reading.SAE in wanted:
             latents = self.sae_basis.read(batch)
             latents.ce = self._ce(batch)
-            views[Reading.SAE] = latents
+            views[Reading.SAE] = [latents]
         for analyzer in self.analyzers.values():
             for reading in analyzer.reads:
-                if reading in views:
-                    analyzer.update(views[reading])
+                for view in views.get(reading, ()):
+                    analyzer.update(view)
 
     def _ce(self, batch: ActivationBatch) -> dict | None:
         """CE-loss sums ``{hook: {seq_index: CESums}}`` of the batch's windows numbered below ``ce_windows``."""

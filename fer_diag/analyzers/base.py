@@ -46,6 +46,7 @@ class Reading(StrEnum):
     """What an analyzer reads from each batch (the pipeline feeds it exactly that)."""
 
     RAW = "raw"  # the hook's own coordinates
+    ROTATED = "rotated"  # the same vectors in fixed random orthogonal bases (basis-dependence test)
     SAE = "sae"  # SAE latents (the batch also carries the raw vectors they encode: ``batch.raw``)
     READOUTS = "readouts"  # per-token NLL / entropy / max-probability of the model's own prediction
 

@@ -496,11 +496,12 @@ class SparsityAnalyzer(Analyzer):
     ``update`` sorts each hook's ``[n_tokens, d]`` block once (counted tokens:
     ``batch.mask``), computes every metric from it, and reduces to per-window means
     and last-token values; the window PR is one batched Gram product. Reads raw
-    activations and SAE latents (each basis is its own key).
+    activations, their generic rotations and SAE latents (each basis is its own key;
+    massive dims are masked in the raw basis only).
     """
 
     name = "sparsity"
-    reads = frozenset({Reading.RAW, Reading.SAE})
+    reads = frozenset({Reading.RAW, Reading.SAE, Reading.ROTATED})
 
     def __init__(
         self,
@@ -531,11 +532,11 @@ class SparsityAnalyzer(Analyzer):
         has = n_tok > 0
         seq_of_row = torch.repeat_interleave(torch.arange(len(n_tok)), n_tok)
         last_row = n_tok.cumsum(0)[has] - 1  # = batch.last_index() of each window, as a row of x[mask]
-        latents = batch.basis != "raw"
+        latents = batch.is_latent
         hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
         for hook in hooks:
             x = batch.acts[hook]
-            masked = [] if latents else self.massive_dims.get(hook, [])
+            masked = self.massive_dims.get(hook, []) if batch.basis == "raw" else []
             key = (batch.basis, hook, batch.set_name)
             layout = self.layout.setdefault(key, _Layout.new(latents, masked))
             rows = x[mask]
