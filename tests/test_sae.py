@@ -428,8 +428,9 @@ def test_shipped_default_saes_on_smollm2(smollm2):
     batches = list(Capture(smollm2.model, hooks, batch_size=4).batches(w, texts))
     dims = {h: detect_massive(batches[0].acts[h], batches[0].mask).dims.unique().tolist() for h in hooks}
     fid = SAEFidelityAnalyzer(saes, massive_dims=dims)
+    basis = SAEBasis(saes)
     for batch in batches:
-        fid.update(batch)
+        fid.update(basis.read(batch))
     for hook, row in fid.compute()["hooks"].items():
         got = row["sets"]["id"]
         assert got["explained_variance"] >= 0.8, (hook, got)
