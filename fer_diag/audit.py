@@ -33,8 +33,10 @@ from fer_diag.familiarity import familiarity
 from fer_diag.models import LoadedModel, check_seq_len, load_model
 from fer_diag.pipeline import Checkpoint, Pipeline
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
+from fer_diag.verdict import VerdictConfig, verdict
 
 PARTIAL = ".partial"
+
 
 class AuditConfig(BaseModel):
     """Settings of an audit; printed in the report."""
@@ -59,6 +61,10 @@ class AuditConfig(BaseModel):
     n_boot: int = Field(500, ge=0, description="bootstrap resamples for confidence intervals")
     massive_abs: float = Field(100.0, description="massive activation: |h| above this (Sun et al. 2024)")
     massive_ratio: float = Field(1000.0, description="… and at least this × the layer's median |h|")
+    basis_rotations: int = Field(
+        2, ge=0, description="random orthogonal bases per raw hook for the verdict's basis-dependence test"
+    )
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
 
 def default_hooks(n_layers: int, every: int = 3) -> list[str]:
@@ -186,7 +192,7 @@ class Audit:
 
     # --------------------------------------------------------------------- run
     def run(self) -> Report:
-        from fer_diag.basis import SAEBasis
+        from fer_diag.basis import RotatedBasis, SAEBasis
         from fer_diag.scaffold import scaffold_report
 
         c = self.config
@@ -211,6 +217,10 @@ class Audit:
             capture,
             analyzers,
             sae_basis=SAEBasis(saes) if saes else None,
+            rotations=[
+                RotatedBasis(c.seed + i, n_heads=getattr(loaded.model.cfg, "n_heads", None))
+                for i in range(c.basis_rotations)
+            ],
             ce_windows=c.ce_windows,
             checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes)),
             progress=self.progress,
@@ -246,9 +256,12 @@ class Audit:
 
         t3 = time.perf_counter()
         sparsity = analyzers["sparsity"].compute()
+        baselines = analyzers["baselines"].compute()
+        clusters = {name: w.source_index.numpy() for name, w in windows.items()}
+        fam = familiarity(sparsity, baselines, clusters=clusters, n_boot=c.n_boot, seed=c.seed)
         sections: dict[str, Any] = {
             "sparsity": sparsity,
-            "familiarity": familiarity(sparsity, analyzers["baselines"].compute(), n_boot=c.n_boot, seed=c.seed),
+            "familiarity": fam,
             "massive": {**_jsonable(massive), "scaffold": scaffold},
         }
         for name in ("sae_fidelity", "shifted_latents"):
@@ -256,8 +269,18 @@ class Audit:
                 sections[name] = analyzers[name].compute()
         if control:
             sections["control"] = control
+        self.seconds["statistics"] = time.perf_counter() - t3  # AUROCs, CIs, correlations
+        t4 = time.perf_counter()
+        sections["verdict"] = verdict(
+            fam,
+            sparsity,
+            baselines,
+            sections.get("sae_fidelity"),
+            control["sparsity"] if control else None,
+            c.verdict,
+        )
+        self.seconds["verdict"] = time.perf_counter() - t4
         report = self._report(loaded, hooks, suite, windows, saes, resumed, sections)
-        self.seconds["statistics"] = time.perf_counter() - t3  # AUROCs, bootstrap CIs, correlations
         self.seconds["total"] = time.perf_counter() - t0  # all but writing the report files
         report.run.seconds = dict(self.seconds)
         if self.out_dir is not None:

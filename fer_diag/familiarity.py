@@ -9,7 +9,9 @@ For every score (basis × hook × metric × masked × reduce, and each baseline)
 every text set other than the reference:
 
 * ``auroc``: OOD (the shifted set) is positive and a *higher* score means OOD
-  (:func:`fer_diag.stats.auroc`), with a paired bootstrap percentile CI;
+  (:func:`fer_diag.stats.auroc`), with Newcombe's (2006) method-5 score interval
+  (:func:`fer_diag.stats.auroc_score_ci`), which never collapses to a point at
+  0 or 1;
 * ``direction``: ``higher_is_ood`` if auroc > 0.5, ``lower_is_ood`` if < 0.5;
   ``auroc_oriented`` = max(A, 1 − A) with its CI, the direction-free value (biased
   up near 0.5, since the direction is chosen on the same data);
@@ -24,11 +26,15 @@ every text set other than the reference:
   so window length cannot drive it; ``length_matched_pair_frac`` says how many
   pairs that kept (all of them when every window has full length).
 
-On graded sets (kind ``graded``, grouped by axis — ``batch.meta["axis"]``, else
+On graded sets (kind ``graded``, grouped by axis — the set's ``axis``, else
 the set name without its trailing level number): Spearman ρ(level, score) over
-windows with a Fisher-z CI, and Pearson r of level vs per-level mean score (Jin et
-al. 2026) with a stratified bootstrap CI (:mod:`fer_diag.stats`). When an axis has
-no level-0 set, the reference set stands in as level 0 (``reference_as_level0``).
+windows, and the length-controlled partial Spearman ρ(level, score | counted
+tokens), each with a *cluster* bootstrap CI — the levels perturb the same source
+texts, so whole source texts are resampled (:func:`fer_diag.stats.spearman_cluster_ci`;
+``clusters`` maps each set's windows to their source text, else the window
+number stands in) — and Pearson r of level vs per-level mean score (Jin et al.
+2026) with a stratified bootstrap CI. When an axis has no level-0 set, the
+reference set stands in as level 0 (``reference_as_level0``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ from fer_diag import stats
 from fer_diag.analyzers.baselines import BASELINES, BaselineResult
 from fer_diag.analyzers.persequence import SetInfo, merge_sets
 from fer_diag.analyzers.sparsity import METRIC_SENSE, SparsityResult
+
+#: how each interval in the familiarity section is computed (printed in the report)
+CI_METHODS = {
+    "auroc": "Newcombe (2006) method-5 score interval (does not collapse at 0 or 1)",
+    "spearman": "cluster bootstrap over source texts, percentile (Davison & Hinkley 1997 §3.8)",
+    "spearman_length_controlled": "partial Spearman given counted tokens; cluster bootstrap over source texts",
+    "pearson_means": "bootstrap of windows within each level, percentile",
+}
 
 
 @dataclass
@@ -87,8 +101,11 @@ class GradedRow(ScoreKey):
     levels: list[float]
     level_means: list[float]
     n_seqs: int
+    n_clusters: int
     spearman_rho: float | None
     spearman_ci: tuple[float, float] | None
+    spearman_length_controlled: float | None
+    spearman_length_controlled_ci: tuple[float, float] | None
     pearson_r_means: float | None
     pearson_ci: tuple[float, float] | None
     sparsity_direction: str | None  # sign of ρ read through the metric: sparser_/denser_with_shift
@@ -188,6 +205,7 @@ def familiarity(
     baselines: BaselineResult | None = None,
     *,
     reference_set: str | None = None,
+    clusters: dict[str, np.ndarray] | None = None,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -196,8 +214,9 @@ def familiarity(
 ) -> FamiliarityResult:
     """Familiarity statistics of every sparsity score in ``sparsity`` and of the ``baselines`` (module docstring).
 
-    ``reference_set`` defaults to the one in-distribution set. ``n_boot = 0``
-    skips the bootstrap (CIs are None).
+    ``reference_set`` defaults to the one in-distribution set. ``clusters[set]``
+    gives the source text of each window (indexed by window number) for the
+    graded cluster bootstrap. ``n_boot = 0`` skips the bootstraps (graded CIs are None).
     """
     sets: dict[str, SetInfo] = {}
     for part in (sparsity, baselines):
@@ -209,10 +228,9 @@ def familiarity(
     cfg = _Settings(ref, n_boot, ci, seed, length_bins, tpr)
     sources = _sources(sparsity, baselines)
     others = sorted((n for n in sets if n != ref), key=lambda n: (sets[n].kind, sets[n].level or 0.0, n))
-    counts: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-    detection = [row for src in sources for name in others for row in _detect(src, name, sets[name], cfg, counts)]
-    graded = [row for src in sources for row in _graded(src, sets, cfg)]
-    return FamiliarityResult(ref, asdict(cfg), detection, graded)
+    detection = [row for src in sources for name in others for row in _detect(src, name, sets[name], cfg)]
+    graded = [row for src in sources for row in _graded(src, sets, cfg, clusters or {})]
+    return FamiliarityResult(ref, {**asdict(cfg), "ci_methods": CI_METHODS}, detection, graded)
 
 
 def _reference(sets: dict[str, SetInfo]) -> str:
@@ -256,21 +274,14 @@ def _with_masked_copy(row, src: _Source) -> list:
     return [row, replace(row, masked=True)] if src.masked_same and src.source == "sparsity" else [row]
 
 
-def _detect(src: _Source, name: str, info: SetInfo, cfg: _Settings, counts: dict) -> list[DetectionRow]:
+def _detect(src: _Source, name: str, info: SetInfo, cfg: _Settings) -> list[DetectionRow]:
     """Detection statistics of every column of ``src`` for the set ``name`` against the reference."""
     a, b = src.tables.get(cfg.reference_set), src.tables.get(name)
     if a is None or b is None or not len(a.seq_index) or not len(b.seq_index):
         return []
     x, y = a.values.T.astype(np.float64), b.values.T.astype(np.float64)  # [C, n]
     n0, n1 = x.shape[1], y.shape[1]
-    auc = np.atleast_1d(stats.auroc(x, y))
-    lo = hi = np.full(len(auc), np.nan)
-    if cfg.n_boot:
-        key = (name, n0, n1)
-        if key not in counts:  # paired bootstrap: the same resamples for every score of this set pair
-            rng = stats.pair_rng(cfg.seed, cfg.reference_set, name)
-            counts[key] = (stats.bootstrap_counts(n0, cfg.n_boot, rng), stats.bootstrap_counts(n1, cfg.n_boot, rng))
-        lo, hi = stats.percentile_ci(stats.auroc_bootstrap(x, y, counts=counts[key]), cfg.ci)
+    auc, lo, hi = (np.atleast_1d(v) for v in stats.auroc_score_ci(x, y, cfg.ci))
     sign = np.where(auc >= 0.5, 1.0, -1.0)[:, None]
     fpr = np.atleast_1d(stats.fpr_at_tpr(sign * x, sign * y, cfg.tpr))
     matched, pair_frac = stats.stratified_auroc(x, y, *stats.length_strata(a.n_tokens, b.n_tokens, cfg.length_bins))
@@ -301,7 +312,9 @@ def _detect(src: _Source, name: str, info: SetInfo, cfg: _Settings, counts: dict
     return rows
 
 
-def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings) -> list[GradedRow]:
+def _graded(
+    src: _Source, sets: dict[str, SetInfo], cfg: _Settings, clusters: dict[str, np.ndarray]
+) -> list[GradedRow]:
     """Correlation of every column of ``src`` with the shift level, per graded axis."""
     axes: dict[str, list[tuple[str, float]]] = {}
     for name, info in sets.items():
@@ -316,9 +329,20 @@ def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings) -> list[Grad
         level = np.concatenate([np.full(len(t.seq_index), lv) for t, (_, lv) in zip(tables, members, strict=True)])
         if len(np.unique(level)) < 2:
             continue
+        cluster = np.concatenate(
+            [_source_of(t.seq_index, clusters.get(name)) for t, (name, _) in zip(tables, members, strict=True)]
+        )
+        length = np.concatenate([t.n_tokens for t in tables]).astype(np.float64)
         scores = np.concatenate([t.values for t in tables]).astype(np.float64)
-        rho = np.atleast_1d(stats.spearman(level, scores))
-        rho_lo, rho_hi = stats.fisher_ci(rho, len(level), cfg.ci, stats.SPEARMAN_FISHER_VAR)
+        n_boot = cfg.n_boot if len(np.unique(cluster)) >= 3 else 0
+        rng = stats.pair_rng(cfg.seed, "graded", axis)
+        rho, rho_lo, rho_hi = stats.spearman_cluster_ci(level, scores, cluster, n_boot, rng, cfg.ci)
+        if len(np.unique(length)) > 1:
+            part, part_lo, part_hi = stats.partial_spearman_cluster_ci(
+                level, scores, length, cluster, n_boot, rng, cfg.ci
+            )
+        else:  # every window has the same length: length cannot confound, the partial ρ is ρ
+            part, part_lo, part_hi = rho, rho_lo, rho_hi
         means = stats.level_means_pearson(level, scores, cfg.n_boot, stats.pair_rng(cfg.seed, "graded", axis), cfg.ci)
         for c, (metric, *_) in enumerate(src.columns):
             trend = rho[c] != 0 and np.isfinite(rho[c])
@@ -328,8 +352,11 @@ def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings) -> list[Grad
                 levels=means["levels"].tolist(),
                 level_means=means["means"][:, c].tolist(),
                 n_seqs=len(level),
+                n_clusters=len(np.unique(cluster)),
                 spearman_rho=_opt(rho[c]),
                 spearman_ci=_ci(rho_lo[c], rho_hi[c]),
+                spearman_length_controlled=_opt(part[c]),
+                spearman_length_controlled_ci=_ci(part_lo[c], part_hi[c]),
                 pearson_r_means=_opt(means["r"][c]),
                 pearson_ci=_ci(means["ci_low"][c], means["ci_high"][c]),
                 sparsity_direction=_sense(metric, rho[c] > 0, ("sparser_with_shift", "denser_with_shift"))
@@ -340,3 +367,10 @@ def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings) -> list[Grad
             )
             rows.extend(_with_masked_copy(row, src))
     return rows
+
+
+def _source_of(seq_index: np.ndarray, source_index: np.ndarray | None) -> np.ndarray:
+    """Source text of each window: ``source_index[seq_index]``, else the window number itself."""
+    if source_index is None:
+        return np.asarray(seq_index, np.int64)
+    return np.asarray(source_index, np.int64)[np.asarray(seq_index, np.int64)]

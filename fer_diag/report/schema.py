@@ -26,6 +26,7 @@ from fer_diag.report.sections import (
     SAEFidelitySection,
     ShiftedLatentsSection,
     SparsitySection,
+    VerdictSection,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Report(BaseModel):
     sae_fidelity: SAEFidelitySection | None = Field(None, description="present when SAEs were audited")
     shifted_latents: ShiftedLatentsSection | None = Field(None, description="present when SAEs were audited")
     control: ControlSection | None = Field(None, description="trained vs random-init comparison")
+    verdict: VerdictSection | None = Field(None, description="can each sparsity signal be trusted here, and why")
     plots: dict[str, str] = Field(default_factory=dict, description="plot name → file (relative to report)")
 
     @field_validator(*SECTIONS, mode="before")

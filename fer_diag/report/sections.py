@@ -22,7 +22,7 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_serializer
 
@@ -238,8 +238,11 @@ class GradedRow(ScoreKey):
     levels: list[float]
     level_means: list[Real]
     n_seqs: int
+    n_clusters: int
     spearman_rho: float | None
     spearman_ci: Interval | None
+    spearman_length_controlled: float | None
+    spearman_length_controlled_ci: Interval | None
     pearson_r_means: float | None
     pearson_ci: Interval | None
     sparsity_direction: str | None
@@ -254,6 +257,7 @@ class FamiliaritySettings(Section):
     seed: int
     length_bins: int
     tpr: float
+    ci_methods: dict[str, str]
 
 
 class FamiliaritySection(Section):
@@ -351,6 +355,92 @@ class ControlSection(Section):
     sparsity: SparsitySection
 
 
+# --------------------------------------------------------------------------- verdict
+Status = Literal["TRUSTED", "CAUTION", "UNTRUSTED"]
+#: blocking flags of the verdict, most decisive first (:mod:`fer_diag.verdict`)
+BLOCKING = ("no_signal", "sae_unfaithful", "basis_dependent", "massive", "length_confounded")
+
+
+class VerdictConfig(BaseModel):
+    """Thresholds of the verdict (DESIGN §6 defaults); printed in the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    auroc_min: float = Field(0.7, description="signal: oriented AUROC at least this")
+    auroc_ci_low_min: float = Field(0.5, description="… and the CI's low end above this")
+    rho_min: float = Field(0.3, description="graded signal: |Spearman ρ| at least this, CI excluding 0")
+    basis_auroc_delta: float = Field(0.15, description="basis-dependent: AUROC moves by more under a rotation")
+    basis_rho_delta: float = Field(0.3, description="basis-dependent (graded): ρ moves by more under a rotation")
+    sae_ev_drop: float = Field(0.1, description="SAE unfaithful: explained variance drops by more than this")
+    sae_ce_drop: float = Field(0.05, description="SAE unfaithful: CE-loss score drops by more than this")
+    control_gap_ratio: float = Field(0.5, description="not learned: random-init gap ≥ this × the trained gap")
+    length_min_pair_frac: float = Field(0.25, description="length-matched AUROC used when it keeps this share of pairs")
+    cv_splits: int = Field(5, ge=2, description="folds of the NLL + score logistic regression")
+    n_boot: int = Field(500, ge=0, description="bootstrap resamples of the CV gain CI")
+    seed: int = 0
+
+
+class Flag(BaseModel):
+    """One reason a signal cannot be (fully) trusted, with the numbers it used and the thresholds it compared."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    blocking: bool
+    evidence: dict[str, Any]
+    threshold: dict[str, float]
+    message: str
+
+
+class VerdictRow(BaseModel):
+    """The verdict on one sparsity score at one hook for one shifted set (``target_kind="set"``) or graded axis."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hook: str
+    basis: str
+    metric: str
+    reduce: str
+    target: str
+    target_kind: Literal["set", "axis"]
+    status: Status
+    decisive: str | None = Field(description="the flag that decides an UNTRUSTED verdict")
+    signal: bool
+    value: float | None = Field(description="oriented AUROC (set) or Spearman ρ (axis)")
+    ci: tuple[float, float] | None
+    direction: str | None = Field(description="sparser_is_ood / denser_is_ood (sets), …_with_shift (axes)")
+    nll_value: float | None = Field(description="the NLL baseline's oriented AUROC or ρ on the same target")
+    basis_note: str | None = Field(description="why the basis-dependence test does not apply here")
+    flags: list[Flag]
+
+
+class HookSummary(BaseModel):
+    """The answer for one hook: trusted signals with their numbers, and why the others are not trusted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hook: str
+    n_rows: int
+    n_signal: int
+    status_counts: dict[str, int]
+    decisive_counts: dict[str, int] = Field(description="untrusted rows by decisive flag")
+    trusted: list[str] = Field(description="'basis metric/reduce on target: value (direction)', best first")
+    caution: list[str]
+    direction_counts: dict[str, int] = Field(description="signals by direction (never mixed into one range)")
+    value_range_by_direction: dict[str, tuple[float, float]]
+
+
+class VerdictSection(BaseModel):
+    """The verdict section of a report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: VerdictConfig
+    ci_methods: dict[str, str]
+    hooks: list[HookSummary]
+    rows: list[VerdictRow]
+
+
 #: Report field → section model (the analyzer sections).
 SECTIONS: dict[str, type[Section]] = {
     "sparsity": SparsitySection,
@@ -359,4 +449,5 @@ SECTIONS: dict[str, type[Section]] = {
     "sae_fidelity": SAEFidelitySection,
     "shifted_latents": ShiftedLatentsSection,
     "control": ControlSection,
+    "verdict": VerdictSection,
 }
