@@ -1,0 +1,201 @@
+"""The verdict on data where the right answer is known, and on a model vs its function-preserving rotation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fer_diag.analyzers.baselines import BaselineAnalyzer
+from fer_diag.analyzers.sparsity import SparsityAnalyzer
+from fer_diag.basis import RotatedBasis
+from fer_diag.capture import ActivationBatch
+from fer_diag.data.suite import SetKind
+from fer_diag.familiarity import familiarity
+from fer_diag.verdict import VerdictConfig, verdict
+
+RESID = "blocks.0.hook_resid_post"
+NEURONS = "blocks.0.mlp.hook_post"
+D, T, N = 32, 24, 48
+
+
+def _batch(name: str, kind: SetKind, acts: torch.Tensor, mask: torch.Tensor, hook: str, seed: int) -> ActivationBatch:
+    g = torch.Generator().manual_seed(seed)
+    readout = torch.rand(acts.shape[:2], generator=g) + 2.0  # uninformative NLL-like readouts
+    return ActivationBatch(
+        set_name=name,
+        kind=kind,
+        level=None,
+        tokens=torch.zeros(acts.shape[:2], dtype=torch.long),
+        mask=mask,
+        seq_index=torch.arange(len(acts)),
+        acts={hook: acts},
+        token_nll=readout,
+        token_entropy=readout.clone(),
+        token_maxprob=1 / readout,
+    )
+
+
+def _full_mask(n: int = N, t: int = T) -> torch.Tensor:
+    mask = torch.ones(n, t, dtype=torch.bool)
+    mask[:, 0] = False
+    return mask
+
+
+def _verdict(id_acts, ood_acts, hook=RESID, id_mask=None, ood_mask=None, massive=None, fidelity=None, basis="raw"):
+    sp = SparsityAnalyzer(massive_dims=massive)
+    base = BaselineAnalyzer()
+    rotations = [RotatedBasis(s) for s in range(2)]
+    for name, kind, acts, mask, seed in (
+        ("id", SetKind.IN_DISTRIBUTION, id_acts, id_mask if id_mask is not None else _full_mask(len(id_acts)), 1),
+        ("ood", SetKind.SHIFTED, ood_acts, ood_mask if ood_mask is not None else _full_mask(len(ood_acts)), 2),
+    ):
+        b = _batch(name, kind, acts, mask, hook, seed)
+        if basis != "raw":
+            b = b.with_acts(b.acts, basis)
+        sp.update(b)
+        base.update(b)
+        if basis == "raw":
+            for rot in rotations:
+                sp.update(rot.read(b))
+    s, bl = sp.compute(), base.compute()
+    fam = familiarity(s, bl, n_boot=200)
+    return verdict(fam, s, bl, fidelity, None, VerdictConfig(n_boot=200))
+
+
+def _row(v, metric, reduce="mean", target="ood", basis="raw"):
+    (row,) = [r for r in v.rows if (r.metric, r.reduce, r.target, r.basis) == (metric, reduce, target, basis)]
+    return row
+
+
+def _gauss(n: int, seed: int, t: int = T, d: int = D) -> torch.Tensor:
+    return torch.randn(n, t, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_clean_planted_signal_is_trusted():
+    # OOD windows live in a random 3-dim subspace: a lower covariance participation ratio in any basis
+    basis = torch.linalg.qr(torch.randn(D, 3, generator=torch.Generator().manual_seed(9)))[0]
+    ood = (_gauss(N, 2, d=3) @ basis.T) * 3 + 0.05 * _gauss(N, 3)
+    v = _verdict(_gauss(N, 1), ood)
+    row = _row(v, "participation_ratio", "window")
+    assert row.signal and row.direction == "sparser_is_ood"
+    assert row.status == "TRUSTED", [f.message for f in row.flags]
+    assert row.basis_note is None  # the residual stream: the basis test applied, and passed
+
+
+def test_signal_in_one_coordinate_is_basis_dependent():
+    ood = _gauss(N, 2)
+    ood[..., 0] += 6.0 * torch.sign(ood[..., 0])  # one axis-aligned coordinate is large: sparser, in this basis only
+    v = _verdict(_gauss(N, 1), ood)
+    row = _row(v, "hoyer")
+    assert row.signal and row.status == "UNTRUSTED" and row.decisive == "basis_dependent"
+    (flag,) = [f for f in row.flags if f.name == "basis_dependent"]
+    assert flag.evidence["max_delta"] > 0.15 and flag.threshold == {"max_auroc_delta": 0.15}
+    assert min(flag.evidence["auroc_rotated"].values()) < flag.evidence["auroc"] - 0.15
+    assert set(flag.evidence["rotation_invariant"]) == {"participation_ratio/window", "l2_norm/mean"}
+    # the same data at an MLP-neuron hook: a privileged basis, the flag does not apply and the report says why
+    v2 = _verdict(_gauss(N, 1), ood, hook=NEURONS)
+    row2 = _row(v2, "hoyer")
+    assert "nonlinearity" in row2.basis_note and not any(f.name == "basis_dependent" for f in row2.flags)
+
+
+def test_signal_carried_by_a_huge_dimension_is_the_massive_flag():
+    ident, ood = _gauss(N, 1), _gauss(N, 2)
+    ident[..., 3], ood[..., 3] = 2e3, 2e4  # a massive dim, ten times larger on the shifted set
+    v = _verdict(ident, ood, hook=NEURONS, massive={NEURONS: [3]})
+    row = _row(v, "hoyer")
+    assert row.signal and row.decisive == "massive"
+    (flag,) = [f for f in row.flags if f.name == "massive"]
+    assert abs(flag.evidence["value_massive_masked"]) < 0.7
+
+
+def test_signal_that_is_only_length_is_the_length_flag():
+    # the same vectors; the shifted windows are all short, two thirds of the reference ones long
+    acts = _gauss(N, 1)
+    id_mask, ood_mask = _full_mask(), _full_mask()
+    id_mask[2 * N // 3 :, 8:] = False
+    ood_mask[:, 8:] = False
+    v = _verdict(acts, _gauss(N, 5), id_mask=id_mask, ood_mask=ood_mask)
+    row = _row(v, "participation_ratio", "window")
+    assert row.signal and row.decisive == "length_confounded"
+    (flag,) = [f for f in row.flags if f.name == "length_confounded"]
+    assert flag.evidence["auroc_length_matched"] < 0.7 and flag.evidence["pair_frac"] >= 0.25
+
+
+def test_sae_that_reconstructs_the_shifted_set_badly_is_flagged():
+    latents_id = torch.relu(_gauss(N, 1)) * (torch.rand(N, T, D, generator=torch.Generator().manual_seed(4)) < 0.2)
+    latents_ood = torch.relu(_gauss(N, 2)) * (torch.rand(N, T, D, generator=torch.Generator().manual_seed(5)) < 0.6)
+    sets = {
+        "id": {"ev_drop": 0.0, "ce_score": 0.95},
+        "ood": {"ev_drop": 0.32, "ce_score": 0.93},  # EV drop over the threshold, CE fine
+    }
+    fidelity = {"hooks": {RESID: {"sets": sets}}}
+    v = _verdict(latents_id, latents_ood, fidelity=fidelity, basis="sae")
+    row = _row(v, "l0", basis="sae")
+    assert row.signal and row.direction == "denser_is_ood" and row.decisive == "sae_unfaithful"
+    assert row.basis_note.startswith("SAE latents")
+    (flag,) = [f for f in row.flags if f.name == "sae_unfaithful"]
+    assert flag.evidence["sets"]["ood"]["ev_drop"] == pytest.approx(0.32) and flag.threshold["ev_drop"] == 0.1
+    sets["ood"]["ev_drop"] = 0.05  # faithful: no flag
+    assert _row(_verdict(latents_id, latents_ood, fidelity=fidelity, basis="sae"), "l0", basis="sae").decisive is None
+
+
+def test_no_signal_is_untrusted_with_its_numbers():
+    v = _verdict(_gauss(N, 1), _gauss(N, 2))
+    row = _row(v, "hoyer")
+    assert not row.signal and row.status == "UNTRUSTED" and row.decisive == "no_signal"
+    assert row.flags[0].threshold == {"auroc_min": 0.7, "ci_low_min": 0.5}
+    summary = v.hooks[0]
+    assert summary.hook == RESID and summary.decisive_counts["no_signal"] >= 1
+
+
+# --------------------------------------------------------------------- a model and its rotated copy
+@pytest.fixture(scope="module")
+def rotated_pair(tiny_hooked):
+    from test_audit import CONFIG, _suite
+
+    from fer_diag.audit import Audit
+    from fer_diag.models import LoadedModel
+    from fer_diag.transforms import rotate_residual
+
+    rotated = rotate_residual(tiny_hooked.model, seed=7)
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "n_boot": 100})
+    loaded_rot = LoadedModel(**{**vars(tiny_hooked), "model": rotated})
+    reports = [
+        Audit(m, hooks=["blocks.*.hook_resid_post"], suite=_suite(), config=cfg, progress=False).run()
+        for m in (tiny_hooked, loaded_rot)
+    ]
+    return tiny_hooked.model, rotated, reports
+
+
+def test_rotated_copy_has_identical_logits(rotated_pair):
+    model, rotated, _ = rotated_pair
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(rotated(tokens), model(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_rotation_invariant_evidence_is_identical(rotated_pair):
+    *_, (a, b) = rotated_pair
+    for ra, rb in zip(a.verdict.rows, b.verdict.rows, strict=True):
+        assert (ra.hook, ra.metric, ra.reduce, ra.target) == (rb.hook, rb.metric, rb.reduce, rb.target)
+        if ra.metric == "participation_ratio":
+            assert ra.value == pytest.approx(rb.value, abs=1e-3) and ra.status == rb.status
+        assert ra.nll_value == pytest.approx(rb.nll_value, abs=1e-3)
+
+
+def test_verdicts_agree_where_the_basis_flag_is_not_raised(rotated_pair):
+    *_, (a, b) = rotated_pair
+
+    def basis_flagged(r):
+        return any(f.name == "basis_dependent" for f in r.flags)
+
+    compared = [
+        (ra, rb)
+        for ra, rb in zip(a.verdict.rows, b.verdict.rows, strict=True)
+        if not (basis_flagged(ra) or basis_flagged(rb))
+    ]
+    assert compared
+    disagree = [
+        (ra.metric, ra.reduce, ra.target, ra.status, rb.status) for ra, rb in compared if ra.status != rb.status
+    ]
+    assert not disagree
