@@ -401,3 +401,146 @@ def test_default_suite_id_disjoint_from_training(real_suite) -> None:
     heldout = set(sources.english_fortunes(split="heldout"))
     assert train and id_texts <= heldout and graded_src <= heldout
     assert not id_texts & set(train) and not id_texts & graded_src
+
+
+# ------------------------------------------------------ user graded levels
+def _jsonl(path: Path, rows: list) -> Path:
+    return _write(path, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_graded_from_jsonl_groups_by_axis_and_level(tmp_path: Path) -> None:
+    from fer_diag.data.suite import graded_from_jsonl
+
+    path = _jsonl(
+        tmp_path / "difficulty.jsonl",
+        [
+            {"text": "hard a", "level": 2, "source": "a"},
+            {"text": "easy a", "level": 0, "source": "a"},
+            {"text": "easy b", "level": 0.0, "source": 7},
+            "",  # blank lines are ignored
+            {"text": "hard b", "level": 2.0, "source": "7"},  # 7 and "7" are the same source
+            {"text": "mid", "level": 0.5},  # no source: its own cluster
+            {"text": "mid 2", "level": 0.5, "source": None},
+            {"text": "   ", "level": 0.5},  # empty text: left out
+            {"text": "x", "level": 10, "axis": "topic"},
+            {"text": "y", "level": -1, "axis": "topic", "source": "a"},
+        ],
+    )
+    sets = graded_from_jsonl(path)
+    assert [(s.name, s.axis, s.level) for s in sets] == [
+        ("difficulty_0", "difficulty", 0.0),
+        ("difficulty_0.5", "difficulty", 0.5),
+        ("difficulty_2", "difficulty", 2.0),
+        ("topic_-1", "topic", -1.0),
+        ("topic_10", "topic", 10.0),
+    ]
+    assert all(s.kind is SetKind.GRADED for s in sets)
+    by = {s.name: s for s in sets}
+    assert by["difficulty_0"].texts == ["easy a", "easy b"] and by["difficulty_2"].texts == ["hard a", "hard b"]
+    assert by["difficulty_0.5"].texts == ["mid", "mid 2"]
+    # the same source shares a cluster across levels (and axes); a line without one is alone
+    assert by["difficulty_0"].groups == by["difficulty_2"].groups
+    assert by["topic_-1"].groups == by["difficulty_0"].groups[:1]
+    mid = by["difficulty_0.5"].groups
+    assert len(set(mid)) == 2 and not set(mid) & set(by["difficulty_0"].groups)
+    assert all(g < 0 for s in sets for g in s.groups)  # never a text index of another set
+    assert str(path) in by["difficulty_0"].source
+
+
+def test_graded_from_jsonl_pools_files_and_samples_the_same_sources(tmp_path: Path) -> None:
+    from fer_diag.data.suite import graded_from_jsonl
+
+    a = _jsonl(tmp_path / "lo.jsonl", [{"text": f"t{i}", "level": 0, "axis": "ax", "source": i} for i in range(20)])
+    b = _jsonl(tmp_path / "hi.jsonl", [{"text": f"u{i}", "level": 1, "axis": "ax", "source": i} for i in range(20)])
+    full = graded_from_jsonl([a, b])
+    assert [s.name for s in full] == ["ax_0", "ax_1"] and [len(s) for s in full] == [20, 20]
+    small = graded_from_jsonl([a, b], n_per_set=5, seed=3)
+    assert [len(s) for s in small] == [5, 5]
+    assert small[0].groups == small[1].groups  # the same sources picked at both levels
+    assert [int(t[1:]) for t in small[0].texts] == sorted(int(t[1:]) for t in small[0].texts)  # file order
+    assert graded_from_jsonl([a, b], n_per_set=5, seed=3)[0].texts == small[0].texts  # seeded
+    assert graded_from_jsonl([a, b], n_per_set=5, seed=4)[0].texts != small[0].texts
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "message"),
+    [
+        ([], InputFileError, r"g\.jsonl is empty; a --graded file holds one JSON object per line"),
+        (["", "  "], InputFileError, r"g\.jsonl is empty"),
+        (["not json"], InputFileError, r"g\.jsonl:1: not valid JSON .*one JSON object per line"),
+        (["[1, 2]"], InputFileError, r"g\.jsonl:1: not a JSON object"),
+        ([{"text": "a", "level": 0}, {"text": "b"}], InputFileError, r"g\.jsonl:2: no field 'level'.*numeric level"),
+        ([{"level": 0}], InputFileError, r"g\.jsonl:1: no field 'text'"),
+        ([{"text": 5, "level": 0}], InputFileError, r"g\.jsonl:1: 'text' is a number, not a string"),
+        ([{"text": "a", "level": "2"}], InputFileError, r'g\.jsonl:1: level "2" is not a number.*"level": 2'),
+        ([{"text": "a", "level": True}], InputFileError, r"g\.jsonl:1: level true is not a number"),
+        (['{"text": "a", "level": NaN}'], InputFileError, r"g\.jsonl:1: level nan is not a finite number"),
+        ([{"text": "a", "level": 0, "axis": ""}], InputFileError, r'g\.jsonl:1: "axis" must be a non-empty string'),
+        ([{"text": "a", "level": 0, "source": 1.5}], InputFileError, r'g\.jsonl:1: "source" must be a string or'),
+        (
+            [{"text": "a", "level": 0}, {"text": "b", "level": 0}],
+            TextSetError,
+            r"graded axis 'g' \(.*g\.jsonl\) has a single level \(0\); an axis needs at least 2 distinct levels",
+        ),
+        (
+            [{"text": "a", "level": 0}, {"text": "", "level": 1}, {"text": " ", "level": 1}],
+            TextSetError,
+            r"level 1 of graded axis 'g' has no text \(its lines, .*g\.jsonl:2, .*g\.jsonl:3, all have an empty",
+        ),
+    ],
+)
+def test_graded_from_jsonl_errors_name_file_line_and_fix(tmp_path: Path, rows, error, message) -> None:
+    from fer_diag.data.suite import graded_from_jsonl
+
+    path = _jsonl(tmp_path / "g.jsonl", rows) if rows else _write(tmp_path / "g.jsonl", "")
+    with pytest.raises(error, match=message) as info:
+        graded_from_jsonl(path)
+    assert isinstance(info.value, FerDiagError)
+
+
+def test_graded_files_that_are_not_text_or_missing_are_refused(tmp_path: Path) -> None:
+    from fer_diag.data.suite import graded_from_jsonl
+
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(b'{"text": "a", "level": 0}\n\x00\x01\x02')
+    with pytest.raises(InputFileError, match="is not a text file"):
+        graded_from_jsonl(binary)
+    with pytest.raises(MissingFileError, match="does not exist"):
+        graded_from_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_add_graded_appends_with_unique_names_and_refuses_a_taken_axis(tmp_path: Path, tok) -> None:
+    from fer_diag.data.suite import Suite, add_graded, check_graded_files, graded_from_jsonl
+
+    path = _jsonl(tmp_path / "noise.jsonl", [{"text": "the cat", "level": lv} for lv in (0, 1)])
+    base = Suite(
+        [
+            TextSet("id", SetKind.IN_DISTRIBUTION, texts=["the cat sat"]),
+            TextSet("noise_0", SetKind.SHIFTED, texts=["a dog"]),
+        ],
+        skipped=["x: missing"],
+    )
+    suite = add_graded(base, graded_from_jsonl(path))
+    assert suite.names == ["id", "noise_0", "noise_0_2", "noise_1"] and base.names == ["id", "noise_0"]
+    assert suite.axes == ["noise"] and suite.skipped == ["x: missing"]
+    assert [s.level for s in suite.axis("noise")] == [0.0, 1.0]
+    taken = _jsonl(tmp_path / "shift.jsonl", [{"text": "the cat", "level": lv} for lv in (0, 1)])
+    shifted = Suite([*base.sets, *shifts.graded_sets(["the cat sat"], tok, vocabulary=[])])
+    with pytest.raises(TextSetError, match=r"graded axis 'shift' of .*shift\.jsonl.* is already an axis of the suite"):
+        add_graded(shifted, graded_from_jsonl(taken))
+    with pytest.raises(TextSetError, match=r"set \"axis\" on its lines, or rename the file"):
+        check_graded_files([taken])  # before the model loads: the built-in axis is always there
+    assert [s.name for s in check_graded_files([path])] == ["noise_0", "noise_1"]
+
+
+def test_windows_carry_the_cluster_of_each_text(tok) -> None:
+    ts = TextSet(
+        "g", SetKind.GRADED, texts=["the cat sat", "cat", "a dog ran"], level=1.0, axis="a", groups=[-4, -5, -4]
+    )
+    w = tokenize_windows(ts, tok, seq_len=6, min_tokens=2, bos_token_id=1)
+    assert w.source_index.tolist() == [0, 2] and w.cluster.tolist() == [-4, -4]
+    assert w.select(torch.tensor([1])).cluster.tolist() == [-4]
+    plain = tokenize_windows(TextSet("p", SetKind.SHIFTED, texts=["cat", "the cat sat"]), tok, min_tokens=2)
+    assert plain.cluster.tolist() == plain.source_index.tolist() == [1]
+    with pytest.raises(TextSetError, match="2 groups for 3 texts"):
+        TextSet("bad", SetKind.GRADED, texts=["a", "b", "c"], groups=[0, 1])

@@ -31,6 +31,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -527,6 +528,89 @@ def read_texts(path: str | Path, field: str = "text", label_field: str | None = 
     if p.suffix.lower() in {".jsonl", ".ndjson"}:
         return read_jsonl(p, field, label_field)
     return Records(read_text_file(p))
+
+
+GRADED_EXAMPLE = '{"text": "…", "level": 0}'
+
+
+class GradedLine(NamedTuple):
+    """One line of a ``--graded`` file (:func:`read_graded_jsonl`)."""
+
+    text: str
+    level: float
+    axis: str | None  # None: the caller's default axis (the file name)
+    source: str | None  # source-text id, compared as a string; None: the line is its own source
+    line: int  # 1-based line number in the file
+
+
+def read_graded_jsonl(path: str | Path, field: str = "text") -> list[GradedLine]:
+    """The lines of a graded-levels file: one JSON object per line, blank lines ignored.
+
+    Each object has ``field`` (a string), ``level`` (a JSON number), and optionally
+    ``axis`` (a non-empty string) and ``source`` (a string or an integer naming the
+    source text a line was made from; ``null`` counts as absent). The file is
+    checked with :func:`check_text_file` first (missing, binary, not UTF-8).
+    Anything else raises :class:`~fer_diag.errors.InputFileError` naming the
+    file, the line and the fix; an empty file raises it too.
+    """
+    p = check_text_file(path)
+    out: list[GradedLine] = []
+    for n, raw in enumerate(_read(p).splitlines(), 1):
+        if not raw.strip():
+            continue
+        where = f"{p}:{n}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputFileError(
+                f"{where}: not valid JSON ({e.msg}); a --graded file holds one JSON object per line, "
+                f"e.g. {GRADED_EXAMPLE}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise InputFileError(f"{where}: not a JSON object; write one object per line, e.g. {GRADED_EXAMPLE}")
+        fields = ", ".join(map(repr, obj)) or "none"
+        if field not in obj:
+            raise InputFileError(
+                f"{where}: no field {field!r} (fields: {fields}); give every line its text, e.g. {GRADED_EXAMPLE}"
+            )
+        text = obj[field]
+        if not isinstance(text, str):
+            raise InputFileError(f"{where}: {field!r} is {_json_kind(text)}, not a string; write the text in quotes")
+        if "level" not in obj:
+            raise InputFileError(
+                f"{where}: no field 'level' (fields: {fields}); give every line a numeric level, e.g. "
+                f"{GRADED_EXAMPLE} (0 for unshifted text, larger = farther)"
+            )
+        level = obj["level"]
+        if isinstance(level, bool) or not isinstance(level, int | float):
+            raise InputFileError(
+                f"{where}: level {json.dumps(level, ensure_ascii=False)} is not a number; write it as a JSON number, "
+                'e.g. "level": 2 (not "level": "2")'
+            )
+        if not math.isfinite(level):
+            raise InputFileError(f"{where}: level {level} is not a finite number; use a finite JSON number")
+        axis = obj.get("axis")
+        if axis is not None and not (isinstance(axis, str) and axis.strip()):
+            raise InputFileError(
+                f'{where}: "axis" must be a non-empty string, got {json.dumps(axis, ensure_ascii=False)}; '
+                f"name the axis (or leave the field out: the axis is then the file name {p.stem!r})"
+            )
+        source = obj.get("source")
+        if source is not None and (isinstance(source, bool) or not isinstance(source, str | int)):
+            raise InputFileError(
+                f'{where}: "source" must be a string or an integer id of the source text, got '
+                f"{json.dumps(source, ensure_ascii=False)}; lines made from the same text share it"
+            )
+        out.append(
+            GradedLine(text, float(level), axis.strip() if axis else None, None if source is None else str(source), n)
+        )
+    if not out:
+        raise InputFileError(f"{p} is empty; a --graded file holds one JSON object per line, e.g. {GRADED_EXAMPLE}")
+    return out
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "true/false", type(None): "null"}.get(type(value), "a number")
 
 
 def from_hf_dataset(ds: Any, field: str = "text", label_field: str | None = None) -> Records:

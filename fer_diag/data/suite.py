@@ -6,15 +6,18 @@ ordered collection of text sets. :func:`tokenize_windows` turns a text set into
 fixed-length token windows with a mask that excludes BOS and padding, which is
 what :mod:`fer_diag.capture` consumes.
 
-:func:`default_suite` is the embedded default (DESIGN §4) and
-:func:`suite_from_files` the suite of ``--id-text`` / ``--ood-text``.
+:func:`default_suite` is the embedded default (DESIGN §4),
+:func:`suite_from_files` the suite of ``--id-text`` / ``--ood-text``, and
+:func:`graded_from_jsonl` / :func:`add_graded` the user's graded levels of
+``--graded``.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -27,6 +30,7 @@ from fer_diag.data.sources import (
     MissingCorpusError,
     Records,
     english_fortunes,
+    read_graded_jsonl,
     read_texts,
     words,
 )
@@ -49,6 +53,11 @@ class TextSet:
     ``labels`` are optional per-text labels (concepts for probes).
     ``token_ids`` is an alternative to ``texts`` for sets that are token ids
     already (random tokens); exactly one of the two is non-empty.
+    ``groups`` gives each text a cluster id (its source text) for the graded
+    cluster bootstrap: texts with the same id, in any set of the axis, are
+    resampled together. ``None``: each text is its own cluster, numbered by its
+    index (the built-in graded sets perturb text ``i`` of the same list at every
+    level, so the index is the source).
     """
 
     name: str
@@ -60,6 +69,14 @@ class TextSet:
     token_ids: list[list[int]] | None = None
     source: str = ""  # human-readable provenance, e.g. "fortunes-de"
     label_names: list[str] | None = None  # name of each label value, when labels came from strings
+    groups: list[int] | None = None  # cluster id (source text) of each text; None: the text's index
+
+    def __post_init__(self) -> None:
+        if self.groups is not None and len(self.groups) != len(self):
+            raise TextSetError(
+                f"text set {self.name!r} has {len(self.groups)} groups for {len(self)} texts; "
+                "give one cluster id per text (or groups=None)"
+            )
 
     def __len__(self) -> int:
         return len(self.token_ids) if self.token_ids is not None else len(self.texts)
@@ -122,6 +139,9 @@ class Windows:
     source_index: [n] int64, index of the text each window came from.
     index:  [n] int64, the window's number in the whole set (``seq_index`` of its
             activations); a shard of the set keeps the numbers of its windows.
+    cluster: [n] int64, the cluster (source text) of each window for the graded
+            cluster bootstrap: ``TextSet.groups[source_index]`` when the set has
+            groups, else ``source_index``.
     """
 
     set_name: str
@@ -129,17 +149,27 @@ class Windows:
     mask: torch.Tensor
     source_index: torch.Tensor
     index: torch.Tensor = None  # type: ignore[assignment]  # default: 0..n-1
+    cluster: torch.Tensor = None  # type: ignore[assignment]  # default: source_index
 
     def __post_init__(self) -> None:
         if self.index is None:
             self.index = torch.arange(len(self.tokens))
+        if self.cluster is None:
+            self.cluster = self.source_index
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
     def select(self, rows: torch.Tensor | slice) -> Windows:
         """A subset of the windows (a shard), keeping their numbers."""
-        return Windows(self.set_name, self.tokens[rows], self.mask[rows], self.source_index[rows], self.index[rows])
+        return Windows(
+            self.set_name,
+            self.tokens[rows],
+            self.mask[rows],
+            self.source_index[rows],
+            self.index[rows],
+            self.cluster[rows],
+        )
 
     def head(self, n: int) -> Windows:
         """The first ``n`` windows."""
@@ -162,7 +192,8 @@ def tokenize_windows(
     right-padded with ``pad_token_id`` (else the tokenizer's pad, else its EOS,
     else 0). The mask is False at position 0 and on padding. Windows with fewer
     than ``min_tokens`` counted (mask-True) tokens are dropped, and the first
-    ``max_windows`` remaining ones are kept. A set given as ``token_ids`` is used
+    ``max_windows`` remaining ones are kept. ``Windows.cluster`` carries the
+    set's ``groups`` (else the text index). A set given as ``token_ids`` is used
     as is (BOS is still prepended). Raises :class:`~fer_diag.errors.TextSetError`
     naming the set when it is empty or nothing is left.
 
@@ -203,7 +234,9 @@ def tokenize_windows(
     for r, ids in enumerate(keep):
         tokens[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[r, 1 : len(ids)] = True
-    return Windows(name, tokens, mask, torch.tensor(index, dtype=torch.long))
+    source = torch.tensor(index, dtype=torch.long)
+    cluster = None if text_set.groups is None else torch.tensor([text_set.groups[i] for i in index], dtype=torch.long)
+    return Windows(name, tokens, mask, source, cluster=cluster)
 
 
 def _pad_id(tokenizer, pad_token_id: int | None) -> int:
@@ -416,3 +449,151 @@ def suite_from_files(
             vocab = []
         sets += graded_sets(ref.texts, tokenizer, seed, seq_len - 1, vocab, source=ref.name)
     return Suite(sets, skipped)
+
+
+# ------------------------------------------------------------ user graded levels
+def graded_from_jsonl(
+    paths: str | Path | Sequence[str | Path],
+    n_per_set: int | None = None,
+    seed: int = 0,
+    *,
+    field: str = "text",
+) -> list[TextSet]:
+    """User-supplied graded levels (``--graded``): one :class:`TextSet` per distinct (axis, level).
+
+    Each file holds one JSON object per line (:func:`fer_diag.data.sources.read_graded_jsonl`):
+    ``{"text": …, "level": <number>}`` with an optional ``"axis"`` (default: the
+    file's stem) and an optional ``"source"`` (string or integer id of the text a
+    line was made from). Lines of all ``paths`` are pooled, so one axis may span
+    several files (give it the same ``"axis"``). Sets come in order of first
+    appearance of their axis, then by increasing level, named
+    ``f"{axis}_{level:g}"`` (``kind=GRADED``, ``level``, ``axis`` set).
+
+    ``TextSet.groups`` holds the cluster id of each text for the graded cluster
+    bootstrap: lines with the same ``"source"`` share one (across levels and
+    files), a line without one is its own cluster. The ids are negative, so they
+    never coincide with a text index of another set (the reference set stands in
+    as level 0 on an axis without one, with its text indices as clusters).
+
+    Each set keeps at most ``n_per_set`` texts: a seeded sample that favours the
+    same sources at every level (each source gets one random rank), kept in file
+    order. Lines with empty text are left out. Raises
+    :class:`~fer_diag.errors.InputFileError` for a file that cannot be read as
+    such lines (see the reader) and :class:`~fer_diag.errors.TextSetError` for a
+    level with no text or an axis with fewer than 2 distinct levels.
+    """
+    files = _as_paths(paths)
+    if not files:
+        raise TextSetError("pass at least one graded-levels file (--graded FILE.jsonl)")
+    if n_per_set is not None and n_per_set < 1:
+        raise ConfigError(f"n_per_set must be at least 1, got {n_per_set}")
+    cluster_of: dict[str, int] = {}
+    next_id = -1
+    # (axis, level) -> [(text, cluster id)], and where it came from for messages
+    levels: dict[tuple[str, float], list[tuple[str, int]]] = {}
+    lines_at: dict[tuple[str, float], list[str]] = {}
+    files_of: dict[str, list[Path]] = {}
+    for path in files:
+        for rec in read_graded_jsonl(path, field):
+            axis = rec.axis or path.stem
+            if rec.source is None:
+                cid, next_id = next_id, next_id - 1
+            else:
+                if rec.source not in cluster_of:
+                    cluster_of[rec.source], next_id = next_id, next_id - 1
+                cid = cluster_of[rec.source]
+            key = (axis, rec.level)
+            levels.setdefault(key, [])
+            lines_at.setdefault(key, []).append(f"{path}:{rec.line}")
+            if path not in files_of.setdefault(axis, []):
+                files_of[axis].append(path)
+            if rec.text.strip():
+                levels[key].append((rec.text, cid))
+    for (axis, level), items in levels.items():
+        if not items:
+            where = lines_at[(axis, level)]
+            raise TextSetError(
+                f"level {level:g} of graded axis {axis!r} has no text (its lines, {_some(where)}, all have an empty "
+                f'"{field}"); give each level at least one non-empty text, or drop those lines'
+            )
+    axes = list(dict.fromkeys(axis for axis, _ in levels))
+    rank = _source_ranks(sorted({cid for items in levels.values() for _, cid in items}, reverse=True), seed)
+    taken: set[str] = set()
+    sets: list[TextSet] = []
+    for axis in axes:
+        keys = sorted(k for k in levels if k[0] == axis)
+        where = ", ".join(map(str, files_of[axis]))
+        if len(keys) < 2:
+            raise TextSetError(
+                f"graded axis {axis!r} ({where}) has a single level ({keys[0][1]:g}); an axis needs at least 2 "
+                f'distinct levels: add lines at other levels with "axis": {json.dumps(axis, ensure_ascii=False)} '
+                '(a line without "axis" belongs to the axis named after its file)'
+            )
+        for key in keys:
+            items = levels[key]
+            if n_per_set is not None and len(items) > n_per_set:
+                keep = sorted(sorted(range(len(items)), key=lambda i: (rank[items[i][1]], i))[:n_per_set])
+                items = [items[i] for i in keep]
+            level = key[1]
+            sets.append(
+                TextSet(
+                    _unique(f"{axis}_{level:g}", taken),
+                    SetKind.GRADED,
+                    texts=[t for t, _ in items],
+                    level=level,
+                    axis=axis,
+                    groups=[c for _, c in items],
+                    source=f"{where} (level {level:g})",
+                )
+            )
+    return sets
+
+
+def _some(items: list[str], k: int = 3) -> str:
+    return ", ".join(items[:k]) + (f" and {len(items) - k} more" if len(items) > k else "")
+
+
+def _source_ranks(ids: list[int], seed: int) -> dict[int, int]:
+    order = list(ids)
+    random.Random(seed).shuffle(order)
+    return {cid: r for r, cid in enumerate(order)}
+
+
+def add_graded(suite: Suite, graded: Sequence[TextSet]) -> Suite:
+    """``suite`` with the user's ``graded`` sets appended (a new :class:`Suite`; ``suite`` is left as is).
+
+    A set whose name is taken gets a ``_2`` … suffix. A graded axis of ``graded``
+    that the suite already has (the built-in ``shift`` axis, say) raises
+    :class:`~fer_diag.errors.TextSetError`: the levels would mix with the suite's.
+    """
+    _check_axes(graded, suite.axes)
+    taken = set(suite.names)
+    added = [replace(s, name=_unique(s.name, taken)) for s in graded]
+    return Suite([*suite.sets, *added], list(suite.skipped))
+
+
+def check_graded_files(paths: Sequence[str | Path]) -> list[TextSet]:
+    """Read and check ``--graded`` files before the model loads.
+
+    :func:`graded_from_jsonl`, and no axis named like the built-in graded axis
+    (which both the default suite and :func:`suite_from_files` build).
+    """
+    from fer_diag.data.shifts import SHIFT_AXIS
+
+    sets = graded_from_jsonl(paths)
+    _check_axes(sets, [SHIFT_AXIS])
+    return sets
+
+
+def _check_axes(graded: Sequence[TextSet], taken: Sequence[str]) -> None:
+    from fer_diag.data.shifts import SHIFT_AXIS
+
+    clash = [s for s in graded if s.axis and s.axis in set(taken)]
+    if clash:
+        axis = clash[0].axis
+        builtin = f"the built-in graded axis is {SHIFT_AXIS!r}"
+        raise TextSetError(
+            f"graded axis {axis!r} of {clash[0].source} is already an axis of the suite ({builtin}); "
+            'name yours differently: set "axis" on its lines, or rename the file '
+            '(a line without "axis" belongs to the axis named after its file)'
+        )
