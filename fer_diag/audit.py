@@ -85,6 +85,8 @@ class Audit:
         their ``metadata.hook_name``; default: the shipped SAEs of a zoo model.
     suite: a :class:`~fer_diag.data.suite.Suite`; default: the embedded default suite,
         or one built from ``id_texts`` / ``ood_texts`` files.
+    graded_texts: JSONL files of user graded levels (``--graded``, see
+        :func:`~fer_diag.data.suite.graded_from_jsonl`), appended to the suite.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Audit:
         *,
         id_texts: Iterable[Path] | None = None,
         ood_texts: Iterable[Path] | None = None,
+        graded_texts: Iterable[str | Path] | None = None,
         tokenizer: Any = None,
         config: AuditConfig | None = None,
         bridge: bool = False,
@@ -111,6 +114,9 @@ class Audit:
         self.suite = suite
         self.id_texts = list(id_texts or [])
         self.ood_texts = list(ood_texts or [])
+        self.graded_texts = [
+            Path(p) for p in ([graded_texts] if isinstance(graded_texts, str | Path) else graded_texts or [])
+        ]
         if bool(self.id_texts) != bool(self.ood_texts):
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")
         self.tokenizer = tokenizer
@@ -126,12 +132,17 @@ class Audit:
 
         c = self.config
         if self.suite is not None:
-            return self.suite
-        if self.id_texts:
-            return suite_mod.suite_from_files(
+            suite = self.suite
+        elif self.id_texts:
+            suite = suite_mod.suite_from_files(
                 self.id_texts, self.ood_texts, loaded.tokenizer, seed=c.seed, seq_len=c.seq_len
             )
-        return suite_mod.default_suite(loaded.tokenizer, n_per_set=c.max_seqs, seed=c.seed, seq_len=c.seq_len)
+        else:
+            suite = suite_mod.default_suite(loaded.tokenizer, n_per_set=c.max_seqs, seed=c.seed, seq_len=c.seq_len)
+        if self.graded_texts:
+            graded = suite_mod.graded_from_jsonl(self.graded_texts, n_per_set=c.max_seqs, seed=c.seed)
+            suite = suite_mod.add_graded(suite, graded)
+        return suite
 
     def _windows(self, loaded: LoadedModel, suite: Suite) -> dict[str, Windows]:
         c = self.config
@@ -257,7 +268,7 @@ class Audit:
         t3 = time.perf_counter()
         sparsity = analyzers["sparsity"].compute()
         baselines = analyzers["baselines"].compute()
-        clusters = {name: w.source_index.numpy() for name, w in windows.items()}
+        clusters = {name: w.cluster.numpy() for name, w in windows.items()}
         fam = familiarity(sparsity, baselines, clusters=clusters, n_boot=c.n_boot, seed=c.seed)
         sections: dict[str, Any] = {
             "sparsity": sparsity,

@@ -114,6 +114,14 @@ def audit(
     ] = True,
     id_text: Annotated[list[Path] | None, typer.Option(help="in-distribution text file(s): .txt or .jsonl")] = None,
     ood_text: Annotated[list[Path] | None, typer.Option(help="shifted text file(s): .txt or .jsonl")] = None,
+    graded: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--graded",
+            help='your graded levels, JSONL: {"text": …, "level": <number>} per line, optional "axis" (default: '
+            'the file name) and "source" (id of the text a line was made from); added to the suite; repeatable',
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 48,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
@@ -148,6 +156,10 @@ def audit(
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")
         _check_text_files(id_text)
         _check_text_files(ood_text)
+        if graded:
+            from fer_diag.data.suite import check_graded_files
+
+            check_graded_files(graded)  # format, levels, axes: the whole file, not just its first bytes
         from fer_diag.models import check_available, check_seq_len
 
         check_seq_len(model, seq_len, bridge=bridge)  # also refuses an unknown model name
@@ -169,6 +181,7 @@ def audit(
             saes=list(sae) if sae else None,
             id_texts=id_text,
             ood_texts=ood_text,
+            graded_texts=graded,
             config=config,
             bridge=bridge,
             out_dir=out,

@@ -157,3 +157,33 @@ def test_empty_text_set_is_a_clear_error(tiny_hooked):
     suite = Suite([TextSet("id", SetKind.IN_DISTRIBUTION, texts=_texts(0)), TextSet("empty", SetKind.SHIFTED)])
     with pytest.raises(ValueError, match="empty"):
         Audit(tiny_hooked, suite=suite, config=CONFIG, progress=False).run()
+
+
+def test_user_graded_file_gets_a_length_controlled_graded_row(tiny_hooked, tmp_path):
+    """A --graded file on the tiny model: its axis is audited like the built-in one, length control included."""
+    rng = random.Random(5)
+    rows = []
+    for src in range(6):
+        words = [rng.choice(WORDS) for _ in range(30)]
+        for level, n_words in ((0, 30), (1, 20), (2, 12)):  # farther = shorter: length follows the level
+            text = " ".join(words[:n_words])
+            if level:
+                text = "".join(c if rng.random() > 0.2 * level else rng.choice("qxzj#@") for c in text)
+            rows.append({"text": text, "level": level, "source": f"s{src}"})
+    path = tmp_path / "difficulty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "ce_windows": 0, "seq_len": 24, "min_tokens": 4})
+    audit = Audit(
+        tiny_hooked, hooks=["blocks.1.hook_resid_post"], suite=_suite(), graded_texts=[path], config=cfg, progress=False
+    )
+    report = audit.run()
+    sets = {s.name: s for s in report.text_sets}
+    assert [n for n in sets if n.startswith("difficulty")] == ["difficulty_0", "difficulty_1", "difficulty_2"]
+    assert sets["difficulty_2"].axis == "difficulty" and sets["difficulty_2"].level == 2.0
+    rows = [r for r in report.familiarity["graded"] if r["axis"] == "difficulty"]
+    assert rows and {r["axis"] for r in report.familiarity["graded"]} == {"shift", "difficulty"}
+    hoyer = next(r for r in rows if r["source"] == "sparsity" and r["metric"] == "hoyer" and r["basis"] == "raw")
+    assert hoyer["levels"] == [0.0, 1.0, 2.0] and not hoyer["reference_as_level0"]
+    assert hoyer["n_clusters"] == 6  # one cluster per source text, shared by its three levels
+    assert hoyer["spearman_length_controlled"] is not None
+    assert hoyer["spearman_length_controlled_ci"] is not None

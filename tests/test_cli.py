@@ -122,6 +122,45 @@ def test_good_input_reaches_the_audit_with_the_options(tmp_path, texts, no_audit
     assert (tmp_path / "r").is_dir()
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "a", "level": 0}\n{"text": "b"}\n', "mine.jsonl:2: no field 'level'"),
+        ('{"text": "a", "level": 0}\n{"text": "b", "level": "hard"}\n', 'mine.jsonl:2: level "hard" is not a number'),
+        ('{"text": "a", "level": 0}\n{"text": "b", "level": 0}\n', "graded axis 'mine'"),
+        ("", "mine.jsonl is empty"),
+        ('{"text": "a", "level": 0}\nplain text\n', "mine.jsonl:2: not valid JSON"),
+        ('{"text": "a", "level": 0, "axis": "shift"}\n{"text": "b", "level": 1, "axis": "shift"}\n', "'shift'"),
+    ],
+)
+def test_bad_graded_file_is_refused_before_the_model_loads(tmp_path, no_audit, content, message):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(content)
+    result = _audit("--graded", path, "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and not no_audit
+    result = _audit("--graded", "/bin/ls", "--out", tmp_path / "r")
+    assert result.exit_code == EXIT_BAD_INPUT and "'/bin/ls' is not a text file" in result.output
+
+
+def test_graded_files_reach_the_audit(tmp_path, texts, no_audit, monkeypatch):
+    import fer_diag.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod.Audit, "run", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    good = tmp_path / "difficulty.jsonl"
+    good.write_text('{"text": "easy", "level": 0}\n{"text": "hard", "level": 1}\n')
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "x", "level": 1, "axis": "topic"}\n{"text": "y", "level": 2, "axis": "topic"}\n')
+    args = ("--id-text", texts[0], "--ood-text", texts[1], "--graded", good, "--graded", other)
+    result = _audit(*args, "--out", tmp_path / "r")
+    assert result.exit_code == 130, result.output
+    (call,) = no_audit
+    assert [str(p) for p in call["graded_texts"]] == [str(good), str(other)]
+    help_text = runner.invoke(app, ["audit", "--help"], env={"COLUMNS": "200"}).output
+    assert "--graded" in help_text and '"level"' in help_text
+
+
 def test_default_saes_flag_pair_in_help():
     result = runner.invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
     assert "--no-default-saes" in result.output and "--no-no-default-saes" not in result.output
