@@ -50,6 +50,7 @@ from fer_diag import stats
 from fer_diag.analyzers.baselines import BASELINES, BaselineResult
 from fer_diag.analyzers.persequence import SetInfo, merge_sets
 from fer_diag.analyzers.sparsity import METRIC_SENSE, SparsityResult
+from fer_diag.errors import ConfigError
 
 #: how each interval in the familiarity section is computed (printed in the report)
 CI_METHODS = {
@@ -236,7 +237,9 @@ def familiarity(
 def _reference(sets: dict[str, SetInfo]) -> str:
     ids = [n for n, info in sets.items() if info.kind == "in_distribution"]
     if len(ids) != 1:
-        raise ValueError(f"pass reference_set=…: {len(ids)} in-distribution sets seen ({ids})")
+        raise ConfigError(
+            f"{len(ids)} in-distribution sets seen ({ids}): a suite needs exactly one, or pass reference_set=… (Python)"
+        )
     return ids[0]
 
 
