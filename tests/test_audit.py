@@ -187,3 +187,17 @@ def test_user_graded_file_gets_a_length_controlled_graded_row(tiny_hooked, tmp_p
     assert hoyer["n_clusters"] == 6  # one cluster per source text, shared by its three levels
     assert hoyer["spearman_length_controlled"] is not None
     assert hoyer["spearman_length_controlled_ci"] is not None
+    verdicts = [v for v in report.verdict.rows if v.target_kind == "axis" and v.target == "difficulty"]
+    assert verdicts, "the verdict judges the user axis like the built-in one"
+
+
+def test_graded_files_are_appended_to_the_suite_of_id_and_ood_files(tiny_hooked, tmp_path):
+    id_path, ood_path, graded = tmp_path / "mine.txt", tmp_path / "other.txt", tmp_path / "mine.jsonl"
+    id_path.write_text("\n".join(_texts(0)) + "\n")
+    ood_path.write_text("\n".join(_texts(1, scramble=True)) + "\n")
+    graded.write_text("".join(json.dumps({"text": t, "level": i % 2}) + "\n" for i, t in enumerate(_texts(2))))
+    audit = Audit(tiny_hooked, id_texts=[id_path], ood_texts=[ood_path], graded_texts=[graded], config=CONFIG)
+    suite = audit._build_suite(tiny_hooked)
+    assert suite.names[:2] == ["mine", "other"] and suite.names[-2:] == ["mine_0", "mine_1"]
+    assert suite.axes == ["shift", "mine"]  # the built-in axis from the ID text, then the user's
+    assert [len(s) for s in suite.axis("mine")] == [3, 3]
