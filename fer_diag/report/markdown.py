@@ -14,18 +14,24 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _title(r: Report) -> str:
+    return "\n".join(
+        [
+            f"# fer-diag audit — {r.model.name}",
+            "",
+            f"{r.model.hf_class}, {r.model.n_layers} layers, d_model {r.model.d_model}. "
+            f"{len(r.hooks)} hooks, {len(r.text_sets)} text sets, {len(r.saes)} SAE(s). "
+            f"fer-diag {r.fer_diag_version}, report schema {r.schema_version}, {r.created}.",
+        ]
+    )
+
+
 def _overview(r: Report) -> str:
     sets = table(
         ["text set", "kind", "level", "windows", "tokens", "source"],
         [[s.name, s.kind, fmt(s.level), str(s.n_windows), str(s.n_tokens), s.source] for s in r.text_sets],
     )
     out = [
-        f"# fer-diag audit — {r.model.name}",
-        "",
-        f"{r.model.hf_class}, {r.model.n_layers} layers, d_model {r.model.d_model}. "
-        f"{len(r.hooks)} hooks, {len(r.text_sets)} text sets, {len(r.saes)} SAE(s). "
-        f"fer-diag {r.fer_diag_version}, report schema {r.schema_version}, {r.created}.",
-        "",
         "Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.run.seconds.items()) + ".",
         "",
         "## Text sets",
@@ -229,16 +235,221 @@ def _seq_mean(prof: Profile | None, metric: str) -> float | None:
 
 
 def _plots(r: Report) -> str:
-    if not r.plots:
+    shown = {name: path for name, path in r.plots.items() if name != VERDICT_PLOT}  # that one is in the verdict
+    if not shown:
         return ""
-    return "\n".join(["## Plots", ""] + [f"![{name}]({path})" for name, path in r.plots.items()])
+    return "\n".join(["## Plots", ""] + [f"![{name}]({path})" for name, path in shown.items()])
 
 
-def render_markdown(r: Report) -> str:
+class Markdown(str):
+    """The Markdown text of a report, carrying the report it renders (``.report``) so that
+    :func:`fer_diag.report.html.render_html` can draw the verdict from the typed rows."""
+
+    report: Report | None = None
+
+
+def render_markdown(r: Report) -> Markdown:
+    """The whole report as Markdown, opening with the verdict (title, then ``## Verdict``)."""
     from fer_diag.report.sae_sections import render_sae
 
-    parts = [_overview(r)]
+    parts = [_title(r), render_verdict(r), _overview(r)]
     for basis in views.bases(r):
         parts += [_profiles(r, basis), _familiarity(r, basis), _graded(r, basis)]
     parts += [render_sae(r), _massive(r), _control(r), _plots(r)]
-    return "\n\n".join(p for p in parts if p) + "\n"
+    out = Markdown("\n\n".join(p for p in parts if p) + "\n")
+    out.report = r
+    return out
+
+
+# --------------------------------------------------------------------------- verdict
+VERDICT_HEADING = "## Verdict"
+#: name of the hook × score heatmap in ``report.plots`` (drawn by :func:`fer_diag.report.plots.verdict_grid`)
+VERDICT_PLOT = "verdict_grid"
+#: rows listed per flag in the "rows each flag decided" tables
+FLAG_ROWS = 10
+
+
+def _esc(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def verdict_answer(r: Report, view: views.VerdictView | None = None) -> str:
+    """The answer: one sentence overall, then one line per hook (Markdown)."""
+    view = view or views.verdict_view(r)
+    if view is None:
+        return (
+            "No verdict in this report: it needs the familiarity analysis (reports written before the verdict "
+            "existed have none). The tables below are measurements, not conclusions."
+        )
+    if not view.rows:
+        return "No sparsity score was compared on a shifted set or graded axis: nothing to judge."
+    lines = [
+        f"**{views.overall_answer(view)}**",
+        "",
+        "Per hook — T trusted · C caution · U untrusted, counted over score × target (shifted set or graded axis); "
+        f"trusted and caution signals best first (at most {views.BEST_FEW} named):",
+        "",
+    ]
+    for hook in view.hooks:
+        a = views.hook_answer(view, hook)
+        lines.append(
+            f"- **`{hook}`** ({a['counts']}) — **trusted:** {a['trusted']}. **Caution:** {a['caution']}. "
+            f"**Untrusted:** {a['untrusted']}. **Signals by direction:** {a['directions']}."
+        )
+    return "\n".join(lines)
+
+
+def verdict_legend(view: views.VerdictView) -> str:
+    flags = views.flag_order(
+        {f.name for r in view.rows for f in r.flags} | {r.decisive for r in view.rows if r.decisive}
+    )
+    return ", ".join(f"{views.flag_abbr(n)} {views.flag_label(n)}" for n in flags)
+
+
+def verdict_columns_note(view: views.VerdictView) -> str:
+    quiet = [views.score_label(s) for s in view.scores if s not in set(view.signal_scores)]
+    if not quiet:
+        return ""
+    return f"{len(quiet)} score(s) show no signal at any hook and are left out of the grid: " + ", ".join(quiet) + "."
+
+
+def _verdict_grid(r: Report, view: views.VerdictView) -> str:
+    if not view.signal_scores:
+        return "No score shows a signal at any hook: the grid would hold nothing but UNTRUSTED (no signal)."
+    rows = [
+        [f"`{hook}`"] + [_esc(views.cell_text(view.cells.get((hook, s), []))) or "·" for s in view.signal_scores]
+        for hook in view.hooks
+    ]
+    parts = [
+        "### Hook × score",
+        "",
+        "Each cell counts the targets (shifted sets and graded axes) of one score at one hook: T trusted, "
+        "C caution, U untrusted, the untrusted ones by decisive flag (" + verdict_legend(view) + "). "
+        "Every row with its evidence is in report.json (`verdict.rows`) and report.html.",
+        "",
+        table(["hook", *(_esc(views.score_label(s)) for s in view.signal_scores)], rows),
+    ]
+    note = verdict_columns_note(view)
+    if note:
+        parts += ["", note]
+    if VERDICT_PLOT in r.plots:
+        parts += ["", f"![{VERDICT_PLOT}]({r.plots[VERDICT_PLOT]})"]
+    return "\n".join(parts)
+
+
+def verdict_thresholds(r: Report) -> str:
+    """The thresholds (``verdict.config``) and the interval methods, as Markdown tables."""
+    v = r.verdict
+    if v is None:
+        return ""
+    fields = type(v.config).model_fields
+    rows = [
+        [f"`{k}`", views.fmt_setting(val), _esc(fields[k].description or "")]
+        for k, val in v.config.model_dump().items()
+    ]
+    methods = dict(v.ci_methods)
+    if r.familiarity is not None:
+        for k, m in r.familiarity.settings.ci_methods.items():
+            methods.setdefault(k, m)
+    parts = ["### Thresholds", "", table(["setting", "value", "meaning"], rows)]
+    if methods:
+        parts += [
+            "",
+            "### Confidence intervals",
+            "",
+            table(["statistic", "interval"], [[k, _esc(m)] for k, m in methods.items()]),
+        ]
+    return "\n".join(parts)
+
+
+def verdict_coverage(r: Report, view: views.VerdictView) -> str:
+    """Flags that could not be raised here, and why (from the report's own sections)."""
+    notes = []
+    if not [b for b in views.bases(r, rotated=True) if b.startswith("raw@")]:
+        notes.append("basis-dependent: not tested — the audit read no randomly rotated basis (`raw@rot*`).")
+    by_note: dict[str, list[str]] = {}
+    for row in view.rows:
+        if row.basis_note:
+            hooks = by_note.setdefault(row.basis_note, [])
+            if row.hook not in hooks:
+                hooks.append(row.hook)
+    for note, hooks in by_note.items():
+        notes.append(f"basis-dependent does not apply ({note}): " + ", ".join(f"`{h}`" for h in hooks) + ".")
+    if r.sparsity is not None and not any(r.sparsity.massive_dims.values()):
+        notes.append("carried by massive activations: cannot arise — no massive dims at the audited hooks.")
+    if r.control is None:
+        notes.append("not learned: not tested — the audit ran no random-init control.")
+    no_nll = sum(1 for row in view.rows if row.signal and row.nll_value is None)
+    if no_nll:
+        notes.append(f"no better than perplexity: not tested on {no_nll} signal(s) without an NLL baseline.")
+    if not notes:
+        return ""
+    return "\n".join(["### Not tested here", "", *(f"- {n}" for n in notes)])
+
+
+def _flag_table(rows: list, n: int, name: str) -> tuple[list[str], list[list[str]], list]:
+    """Header and cells of one flag's table: the ``n`` rows with the strongest signal, with the flag's evidence."""
+    shown = sorted(rows, key=views.flag_sort_key)[:n]
+    keys: list[str] = []
+    for row in shown:
+        for f in row.flags:
+            if f.name == name:
+                keys += [k for k in f.evidence if k not in keys and k not in ("value", "ci")]
+    header = ["hook", "score", "target", "value [CI]", "direction", "NLL", *keys]
+    cells = []
+    for row in shown:
+        flag = next((f for f in row.flags if f.name == name), None)
+        ev = flag.evidence if flag is not None else {}
+        cells.append(
+            [
+                f"`{row.hook}`",
+                _esc(views.score_label(views.score_of(row))),
+                _esc(row.target),
+                f"{views.value_word(row)} {fmt_ci(row.value, row.ci)}",
+                str(row.direction or "–"),
+                fmt(row.nll_value, 2),
+                *(_esc(views.fmt_evidence(ev.get(k))) if k in ev else "–" for k in keys),
+            ]
+        )
+    return header, cells, shown
+
+
+def verdict_flags(r: Report, view: views.VerdictView, n: int = FLAG_ROWS) -> str:
+    """Per flag: the rows it decided (strongest signal first, at most ``n``) with its evidence and thresholds."""
+    decided = view.decided()
+    if not decided:
+        return ""
+    raised = view.raised()
+    parts = [
+        "### Flags and the rows they decided",
+        "",
+        "A blocking flag decides an UNTRUSTED row when it is the row's first blocking flag; every flag of a CAUTION "
+        "row decides it. Rows with the strongest signal first; `value` is the oriented AUROC (sets) or Spearman ρ "
+        "(axes), `NLL` the perplexity baseline's on the same target.",
+    ]
+    for name, rows in decided.items():
+        header, cells, shown = _flag_table(rows, n, name)
+        thresholds = list(
+            dict.fromkeys(views.fmt_setting(f.threshold) for row in rows for f in row.flags if f.name == name)
+        )
+        blocking = next((f.blocking for f in rows[0].flags if f.name == name), True)
+        head = f"#### {views.flag_label(name)} ({views.flag_abbr(name)}, {'blocking' if blocking else 'non-blocking'})"
+        info = f"Decided {len(rows)} row(s)"
+        if raised.get(name, 0) > len(rows):
+            info += f"; raised on {raised[name]} in all (elsewhere another flag decides)"
+        info += ". Threshold: " + (" | ".join(t for t in thresholds if t != "–") or "none") + "."
+        if len(rows) > len(shown):
+            info += f" Showing the {len(shown)} with the strongest signal of {len(rows)}; all are in report.json."
+        parts += ["", head, "", info, "", table(header, cells)]
+    return "\n".join(parts)
+
+
+def render_verdict(r: Report) -> str:
+    """The ``## Verdict`` section: the answer, the hook × score grid, thresholds, what was not tested, the flags."""
+    view = views.verdict_view(r)
+    parts = [VERDICT_HEADING, "", verdict_answer(r, view)]
+    if view is not None and view.rows:
+        for part in (_verdict_grid(r, view), verdict_thresholds(r), verdict_coverage(r, view), verdict_flags(r, view)):
+            if part:
+                parts += ["", part]
+    return "\n".join(parts)

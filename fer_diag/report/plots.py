@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 
 from fer_diag.report import views
 from fer_diag.report.schema import Report
@@ -109,11 +110,66 @@ def massive_per_layer(report: Report, out: Path) -> list[Path]:
     return [_save(fig, out / "massive_per_layer.png")]
 
 
+def verdict_grid(report: Report, out: Path) -> list[Path]:
+    """The verdict as a hook × score heatmap: each cell coloured by what it holds at best (a trusted signal, one
+    with caution, a signal untrusted for its most frequent decisive flag, no signal) and labelled with counts.
+
+    Columns are the scores with a signal at some hook (all scores when none has one), as in the report's grid.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    view = views.verdict_view(report)
+    if view is None or not view.rows:
+        return []
+    scores = view.signal_scores or view.scores
+    cell = {key: views.cell_category(rows) for key, rows in view.cells.items() if rows}
+    found = set(cell.values())
+    order = [c for c in ("TRUSTED", "CAUTION") if c in found]
+    order += views.flag_order(found - {"TRUSTED", "CAUTION"})
+    data = np.full((len(view.hooks), len(scores)), np.nan)
+    labels: list[tuple[int, int, str]] = []
+    for i, hook in enumerate(view.hooks):
+        for j, score in enumerate(scores):
+            cat = cell.get((hook, score))
+            if cat is None:
+                continue
+            data[i, j] = order.index(cat)
+            counts = view.status_counts(view.cells[(hook, score)])
+            if cat in ("TRUSTED", "CAUTION"):
+                labels.append((i, j, f"{views.STATUS_ABBR[cat]}{counts[cat]}"))
+            elif cat != "no_signal":
+                labels.append((i, j, views.flag_abbr(cat)))
+    data = np.ma.masked_invalid(data)
+    cmap = ListedColormap([views.category_color(c) for c in order] or ["#ffffff"]).with_extremes(bad="white")
+    n_rows, n_cols = len(view.hooks), len(scores)
+    fig, ax = plt.subplots(figsize=(min(3.0 + 0.34 * n_cols, 30), min(2.2 + 0.26 * n_rows + 1.6, 40)))
+    ax.imshow(data, cmap=cmap, vmin=-0.5, vmax=max(len(order), 1) - 0.5, aspect="auto", interpolation="none")
+    ax.set_xticks(range(n_cols), [views.score_label(s) for s in scores], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n_rows), view.hooks, fontsize=7)
+    ax.set_xticks(np.arange(-0.5, n_cols), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_rows), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
+    if n_rows * n_cols <= 2500:
+        for i, j, text in labels:
+            ax.text(j, i, text, ha="center", va="center", fontsize=6)
+    handles = [Patch(color=views.category_color(c), label=views.category_label(c)) for c in order]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    counts = view.status_counts()
+    ax.set_title(
+        f"verdict — {report.model.name}: T {counts.get('TRUSTED', 0)} · C {counts.get('CAUTION', 0)} · "
+        f"U {counts.get('UNTRUSTED', 0)} (hook × score × target)",
+        fontsize=9,
+    )
+    return [_save(fig, out / "verdict_grid.png")]
+
+
 def draw_all(report: Report, out_dir: Path) -> dict[str, str]:
     """Draw every plot into ``out_dir/plots``; return name → path relative to ``out_dir``."""
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
+    paths: list[Path] = verdict_grid(report, plot_dir)
     for basis in views.bases(report):
         metric = views.headline_metrics(basis)[0]
         paths += sparsity_vs_shift(report, plot_dir, basis, metric)

@@ -1,13 +1,35 @@
-"""Terminal summary of a report (rich): one row per hook, the numbers a reader checks first."""
+"""Terminal summary of a report (rich): the verdict first, then one row per hook with the numbers a reader checks."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fer_diag.report import views
 from fer_diag.report.schema import Report
 from fer_diag.report.views import fmt
+
+_STATUS_STYLE = {"TRUSTED": "green", "CAUTION": "yellow", "UNTRUSTED": "red"}
+_DIRECTION_WORD = {
+    "sparser_is_ood": "sparser",
+    "denser_is_ood": "denser",
+    "higher_is_ood": "higher",
+    "lower_is_ood": "lower",
+}
+
+
+def _span(values: list[float]) -> str:
+    lo, hi = fmt(min(values), 2), fmt(max(values), 2)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _by_direction(rows, key) -> str:
+    """AUROC spans per direction (``sparser 0.61–0.75 · denser 0.92``): never one range over both directions."""
+    groups: dict[str, list[float]] = {}
+    for x in rows:
+        groups.setdefault(key(x) or "none", []).append(x.auroc_oriented)
+    return " · ".join(f"{_DIRECTION_WORD.get(d, d)} {_span(v)}" for d, v in groups.items()) or "–"
 
 
 def _best_shift(r: Report, basis: str, hook: str, metric: str) -> str:
@@ -16,11 +38,7 @@ def _best_shift(r: Report, basis: str, hook: str, metric: str) -> str:
         for x in views.detection_rows(r, source="sparsity", basis=basis, hook=hook, metric=metric, masked=False)
         if x.kind == "shifted" and x.reduce in ("mean", "window")
     ]
-    if not rows:
-        return "–"
-    lo = min(x.auroc_oriented for x in rows)
-    hi = max(x.auroc_oriented for x in rows)
-    return f"{fmt(lo, 2)}–{fmt(hi, 2)}"
+    return _by_direction(rows, lambda x: x.sparsity_direction) if rows else "–"
 
 
 def _rho(r: Report, basis: str, hook: str, metric: str, axis: str = "shift") -> str:
@@ -29,20 +47,76 @@ def _rho(r: Report, basis: str, hook: str, metric: str, axis: str = "shift") -> 
     return fmt(rows[0].spearman_rho, 2) if rows else "–"
 
 
+def print_verdict(r: Report, console: Console) -> None:
+    """The answer: one sentence, then per hook the trusted signals, the cautions and why the rest is untrusted."""
+    view = views.verdict_view(r)
+    if view is None:
+        console.print("[bold]Verdict:[/] none in this report (it needs the familiarity analysis).")
+        return
+    if not view.rows:
+        console.print("[bold]Verdict:[/] no sparsity score was compared on a shifted set or graded axis.")
+        return
+    style = "green" if view.hooks_with("TRUSTED") else "yellow" if view.hooks_with("CAUTION") else "red"
+    console.print(f"[bold]Verdict — {escape(r.model.name)}:[/] [{style}]{escape(views.overall_answer(view))}[/]")
+    t = Table(
+        caption=f"T/C/U: targets (shifted sets, graded axes) × scores trusted / caution / untrusted; "
+        f"at most {views.BEST_FEW} signals named per hook, best first",
+        show_lines=True,
+        expand=True,
+    )
+    t.add_column("hook", no_wrap=True)
+    t.add_column("T · C · U", no_wrap=True)
+    t.add_column("trusted", ratio=3, overflow="fold")
+    t.add_column("caution (flags)", ratio=2, overflow="fold")
+    t.add_column("untrusted (decisive flag)", ratio=2, overflow="fold")
+    t.add_column("signals by direction", ratio=2, overflow="fold")
+    for hook in view.hooks:
+        a = views.hook_answer(view, hook)
+        h = view.summaries.get(hook)
+        counts = h.status_counts if h is not None else view.status_counts(view.hook_rows(hook))
+        cell = " · ".join(
+            f"[{_STATUS_STYLE[s]}]{views.STATUS_ABBR[s]} {counts.get(s, 0)}[/]"
+            if counts.get(s)
+            else f"{views.STATUS_ABBR[s]} 0"
+            for s in views.STATUSES
+        )
+        trusted = "\n".join(escape(x) for x in (h.trusted[: views.BEST_FEW] if h else []))
+        if h and len(h.trusted) > views.BEST_FEW:
+            trusted += f"\n(+{len(h.trusted) - views.BEST_FEW} more)"
+        t.add_row(
+            escape(hook),
+            cell,
+            trusted or "none",
+            escape(a["caution_flags"]),
+            escape(a["untrusted"]),
+            escape(a["directions"]).replace("; ", "\n"),
+        )
+    console.print(t)
+    cfg = r.verdict.config
+    console.print("thresholds: " + views.fmt_setting(cfg.model_dump()), style="dim")
+    methods = dict(r.verdict.ci_methods)
+    if methods:
+        console.print("intervals: " + "; ".join(f"{k}: {m}" for k, m in methods.items()), style="dim")
+
+
 def print_summary(r: Report, console: Console | None = None) -> None:
     console = console or Console()
+    print_verdict(r, console)
     ref = views.reference_set(r) or "?"
     shifted = views.set_names(r, ["shifted"])
     far = next((s for s in reversed(views.detection_sets(r)) if s not in shifted), None)
     for basis in views.bases(r):
         metric = views.headline_metrics(basis)[0]
-        caption = f"ID = {ref}" + (f", far = {far}" if far else "") + "; AUROC direction-free, range over shifted sets"
+        caption = (
+            f"ID = {ref}" + (f", far = {far}" if far else "") + "; AUROC direction-free, its range over shifted sets "
+            "per direction (sparser / denser is OOD)"
+        )
         t = Table(title=f"{r.model.name} — {metric} ({basis} basis)", caption=caption)
         t.add_column("hook", no_wrap=True)
         t.add_column(f"{metric} ID", justify="right")
         if far:
             t.add_column(f"{metric} far", justify="right")
-        t.add_column("AUROC", justify="right")
+        t.add_column("AUROC by direction", justify="right")
         t.add_column("ρ shift", justify="right")
         for hook in r.hooks:
             if hook not in views.profiles(r, basis):
@@ -53,10 +127,10 @@ def print_summary(r: Report, console: Console | None = None) -> None:
             row += [_best_shift(r, basis, hook, metric), _rho(r, basis, hook, metric)]
             t.add_row(*row)
         console.print(t)
-    base = [views.baseline_auroc(r, s, "nll") for s in shifted]
-    base = [b.auroc_oriented for b in base if b]
+    base = [b for b in (views.baseline_auroc(r, s, "nll") for s in shifted) if b]
     if base:
-        console.print(f"perplexity baseline AUROC over shifted sets: {fmt(min(base), 2)}–{fmt(max(base), 2)}")
+        spans = _by_direction(base, lambda b: b.direction)
+        console.print(f"perplexity baseline AUROC over shifted sets (by which NLL is OOD): {spans}")
     first = r.massive.first_layer if r.massive else None
     if first is not None:
         console.print(f"massive activations from layer {first} (see report.md)")
