@@ -13,10 +13,10 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from fer_diag import stats
 from fer_diag.analyzers.baselines import BASELINES, BaselineAnalyzer
-from fer_diag.familiarity import familiarity
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import ActivationBatch
 from fer_diag.data.suite import SetKind
+from fer_diag.familiarity import familiarity
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -211,7 +211,9 @@ def test_graded_axis_correlations():
     # without a level-0 set the reference stands in as level 0
     no_zero = [b for b in _suite() if b.set_name != "noise@0"]
     sp2, fam2 = _run(no_zero)
-    (row,) = familiarity(sp2.compute(), fam2.compute(), n_boot=0).rows("graded", metric="hoyer", masked=False, reduce="mean")
+    (row,) = familiarity(sp2.compute(), fam2.compute(), n_boot=0).rows(
+        "graded", metric="hoyer", masked=False, reduce="mean"
+    )
     assert row.reference_as_level0 and row.levels == [0.0, 10.0, 40.0] and row.pearson_ci is None
 
 
