@@ -11,7 +11,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from fer_diag.analyzers.massive import (
-    BINS_PER_DECADE,
+    BIN_RATIO,
     N_BINS,
     MassiveAnalyzer,
     abs_bins,
@@ -82,7 +82,7 @@ def test_analyzer_statistics_by_hand():
     assert res.hooks["blocks.2.hook_resid_post"].n_hits == 0
     hook = res.hooks["blocks.5.hook_resid_post"]
     assert (hook.layer, hook.n_seqs, hook.n_positions, hook.n_hits, hook.n_hit_tokens) == (5, 3, 18, 5, 5)
-    assert hook.median_abs == pytest.approx(0.5, rel=10 ** (1 / BINS_PER_DECADE) - 1)
+    assert hook.median_abs == pytest.approx(0.5, rel=BIN_RATIO - 1)
     d3, d9 = hook.dims
     assert (d3.dim, d3.n_hits, d3.n_seqs, d3.hits_first_position, d3.hits_later_positions) == (3, 4, 3, 3, 1)
     assert d3.seq_frac == 1.0 and d3.max_abs == 1200.0
@@ -204,7 +204,7 @@ def test_histogram_median_matches_numpy_within_a_bin():
     for values in (rng.lognormal(0, 2, 10_001), rng.uniform(0, 3, 999), np.r_[np.zeros(10), rng.exponential(1, 11)]):
         hist = np.bincount(abs_bins(values), minlength=N_BINS)
         want = np.sort(values)[(len(values) - 1) // 2]
-        assert histogram_median(hist) == pytest.approx(want, rel=10 ** (1 / BINS_PER_DECADE) - 1, abs=1e-12)
+        assert histogram_median(hist) == pytest.approx(want, rel=BIN_RATIO - 1, abs=1e-12)
 
 
 def test_result_does_not_depend_on_how_windows_are_batched():

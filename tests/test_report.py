@@ -150,7 +150,7 @@ def _massive_section() -> dict:
     return {
         "abs_threshold": 100.0,
         "ratio": 1000.0,
-        "bins_per_decade": 64,
+        "bin_ratio": 2 ** (1 / 32),
         "hooks": {"blocks.0.hook_resid_post": quiet, "blocks.1.hook_resid_post": hook},
         "first_layer": 1,
         "first_hook": "blocks.1.hook_resid_post",

@@ -9,10 +9,12 @@ excludes it from the statistics.
 :func:`detect_massive` is the functional core on one tensor (its own exact
 median). :class:`MassiveAnalyzer` streams: the median must be the hook's median
 over *everything* seen, not per batch (else results depend on how windows are
-batched), so it keeps a fixed log-spaced histogram of |h| (``BINS_PER_DECADE``
-bins per decade from 1e-8 to 1e8; counts are exactly mergeable) and estimates
-the median inside its bin by geometric interpolation (relative error below
-10^(1/BINS_PER_DECADE) − 1 ≈ 2.3 %). Candidates (|h| > ``abs_threshold``) are
+batched), so it keeps a fixed log-spaced histogram of |h| — the bin of a value
+is its float32 bit pattern shifted right, i.e. the exponent and the top
+``MANTISSA_BITS`` mantissa bits: 32 bins per octave, each 2.2 % wide, over the
+whole float range, with no logarithm to compute; counts are exactly mergeable —
+and estimates the median inside its bin by geometric interpolation (relative
+error below ``BIN_RATIO`` − 1 ≈ 2.2 %). Candidates (|h| > ``abs_threshold``) are
 accumulated per (hook, dim, bin of |h|); ``compute`` keeps the bins whose
 geometric centre clears ``ratio`` × median, so the ratio test is applied at the
 histogram's resolution and the result does not depend on batching or sharding.
@@ -107,23 +109,29 @@ def detect_massive(
 
 
 # --------------------------------------------------------------------------- histogram
-BINS_PER_DECADE = 100
-LOG10_MIN, LOG10_MAX = -8, 8
-#: bin 0 holds |h| < 1e-8 (zeros included), the last bin |h| ≥ 1e8
-N_BINS = (LOG10_MAX - LOG10_MIN) * BINS_PER_DECADE + 2
+#: bins per octave of |h|: the top MANTISSA_BITS of the float32 mantissa, next to the exponent
+MANTISSA_BITS = 5
+#: ratio of a bin's upper to lower edge (≈ 1.022)
+BIN_RATIO = 2.0 ** (1 / 2**MANTISSA_BITS)
+#: every non-negative float32 (zero and subnormals in the first bins) has a bin
+N_BINS = 256 << MANTISSA_BITS
+_SHIFT = 23 - MANTISSA_BITS
 
 
 def abs_bins(a: np.ndarray) -> np.ndarray:
-    """Histogram bin of each |h| value ``a ≥ 0`` (module docstring)."""
-    with np.errstate(divide="ignore"):
-        pos = np.floor((np.log10(a) - LOG10_MIN) * BINS_PER_DECADE)
-    return np.clip(np.nan_to_num(pos, neginf=-1.0) + 1, 0, N_BINS - 1).astype(np.int64)
+    """Histogram bin of each |h| value ``a ≥ 0``: its float32 bits shifted right (monotone in the value, no log)."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.int32) >> _SHIFT
+
+
+def _edge(b: np.ndarray | int) -> np.ndarray:
+    """Lower edge of bin ``b`` (the float32 whose bits are ``b`` shifted back)."""
+    return (np.asarray(b, dtype=np.int64) << _SHIFT).astype(np.int32).view(np.float32).astype(np.float64)
 
 
 def bin_centre(b: np.ndarray | int) -> np.ndarray:
-    """Geometric centre of bin ``b`` (0 for the underflow bin)."""
-    b = np.asarray(b, dtype=np.float64)
-    return np.where(b > 0, 10.0 ** (LOG10_MIN + (b - 0.5) / BINS_PER_DECADE), 0.0)
+    """Geometric centre of bin ``b`` (its lower edge for the zero / subnormal bins)."""
+    lo = _edge(b)
+    return np.where(lo > np.finfo(np.float32).tiny, lo * np.sqrt(BIN_RATIO), lo)
 
 
 def histogram_median(hist: np.ndarray) -> float:
@@ -134,10 +142,11 @@ def histogram_median(hist: np.ndarray) -> float:
     k = (n - 1) // 2
     cum = np.cumsum(hist)
     b = int(np.searchsorted(cum, k, side="right"))
-    if b == 0:
-        return 0.0
+    lo = float(_edge(b))
+    if lo <= np.finfo(np.float32).tiny:
+        return lo
     frac = (k - (cum[b] - hist[b]) + 0.5) / hist[b]
-    return float(10.0 ** (LOG10_MIN + (b - 1 + frac) / BINS_PER_DECADE))
+    return lo * BIN_RATIO**frac
 
 
 # --------------------------------------------------------------------------- results
@@ -184,7 +193,7 @@ class MassiveResult:
 
     abs_threshold: float
     ratio: float
-    bins_per_decade: int
+    bin_ratio: float  # width of the |h| histogram's bins (upper / lower edge)
     hooks: dict[str, MassiveHook]
     first_layer: int | None  # smallest block index with any hit, over the analysed hooks
     first_hook: str | None
@@ -314,7 +323,7 @@ class MassiveAnalyzer(Analyzer):
         hooks = {h: self._hook(h) for h in self.hist}
         found = [(r.layer, h) for h, r in hooks.items() if r.n_hits and r.layer is not None]
         first_layer, first_hook = min(found) if found else (None, None)
-        return MassiveResult(self.abs_threshold, self.ratio, BINS_PER_DECADE, hooks, first_layer, first_hook)
+        return MassiveResult(self.abs_threshold, self.ratio, BIN_RATIO, hooks, first_layer, first_hook)
 
     def _hook(self, hook: str) -> MassiveHook:
         median = histogram_median(self.hist[hook])

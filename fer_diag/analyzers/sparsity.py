@@ -320,6 +320,17 @@ def participation_ratio(
     return _pr(_gram(xc))
 
 
+def _window_pr(x: torch.Tensor, mask: torch.Tensor, dims: torch.Tensor | None) -> list[torch.Tensor]:
+    """Window PR ``[B]`` of ``x [B, T, d]``, and with ``dims`` also with those coordinates dropped."""
+    xc = _centred(x, mask)
+    if dims is None:
+        return [_pr(_gram(xc))]
+    xc_massive = xc[..., dims]  # a copy
+    xc[..., dims] = 0
+    g_kept = xc @ xc.mT  # T×T Grams add up over coordinates: one big product for both
+    return [_pr(g_kept + xc_massive @ xc_massive.mT), _pr(g_kept)]
+
+
 # --------------------------------------------------------------------------- results
 @dataclass
 class SeqTable:
@@ -466,12 +477,17 @@ class _Layout:
     masked_dims: tuple[int, ...]
 
     @classmethod
-    def new(cls, latents: bool, masked_dims: Sequence[int]) -> _Layout:
+    def new(cls, latents: bool, masked_dims: Sequence[int], window: bool = True) -> _Layout:
         metrics = TOKEN_METRICS + (LATENT_METRICS if latents else ())
         variants = [False, True] if masked_dims else [False]
         columns = [(m, v, r) for r in ("mean", "last") for v in variants for m in metrics]
-        columns += [(m, v, "window") for v in variants for m in WINDOW_METRICS]
+        if window:
+            columns += [(m, v, "window") for v in variants for m in WINDOW_METRICS]
         return cls(metrics, tuple(columns), tuple(masked_dims))
+
+    @property
+    def window(self) -> bool:
+        return any(r == "window" for _, _, r in self.columns)
 
 
 def _stats(total: np.ndarray, total_sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -538,30 +554,29 @@ class SparsityAnalyzer(Analyzer):
             x = batch.acts[hook]
             masked = self.massive_dims.get(hook, []) if batch.basis == "raw" else []
             key = (batch.basis, hook, batch.set_name)
-            layout = self.layout.setdefault(key, _Layout.new(latents, masked))
+            # the window PR is rotation-invariant: in a rotated basis it equals the raw one, so it is not recomputed
+            layout = self.layout.setdefault(
+                key, _Layout.new(latents, masked, window=not batch.basis.startswith("raw@"))
+            )
             rows = x[mask]
             dims = _dims(masked, rows.shape[1])
             s, removed, fires = _sorted_abs(rows, dims, count_active=latents)
             if fires is not None:
                 _add(self.fires, key, fires)
-            xc = _centred(x, mask)
             if dims is None:
                 variants = [_metrics(_row_stats(s), latents)]
-                pr = [_pr(_gram(xc))]
             else:
                 kept = _row_stats(s, len(dims))
                 variants = [_metrics(_add_removed(kept, s, removed)), _metrics(kept)]
-                xc_massive = xc[..., dims]  # a copy
-                xc[..., dims] = 0
-                g_kept = xc @ xc.mT  # T×T Grams add up over coordinates: one big product for both
-                pr = [_pr(g_kept + xc_massive @ xc_massive.mT), _pr(g_kept)]
+            pr = _window_pr(x, mask, dims) if layout.window else []
             v64 = torch.stack([v[m] for v in variants for m in layout.metrics], 1).double()  # [N, V·M]
             _add(self.tok_sum, key, v64.sum(0).numpy())
             _add(self.tok_sumsq, key, v64.square().sum(0).numpy())
             _add(self.n_tokens, key, len(v64))
             means = torch.zeros(len(n_tok), v64.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
             means = means[has] / n_tok[has, None]
-            table = torch.cat([means, v64[last_row], torch.stack(pr, 1)[has].double()], 1).numpy()
+            parts = [means, v64[last_row]] + ([torch.stack(pr, 1)[has].double()] if pr else [])
+            table = torch.cat(parts, 1).numpy()
             _add(self.col_sum, key, table.sum(0))
             _add(self.col_sumsq, key, np.square(table).sum(0))
             _add(self.n_seqs, key, len(table))
@@ -601,7 +616,7 @@ class SparsityAnalyzer(Analyzer):
                     "last_std": float(col_std[last_c]),
                     "n_seqs": n_seqs,
                 }
-            for m in WINDOW_METRICS:
+            for m in WINDOW_METRICS if layout.window else ():
                 c = col[(m, masked, "window")]
                 metrics.setdefault(m, {})[VARIANTS[masked]] = {
                     "seq_mean": float(col_mean[c]),

@@ -189,7 +189,7 @@ class MassiveSection(Section):
 
     abs_threshold: float
     ratio: float
-    bins_per_decade: int = Field(description="resolution of the |h| histogram the median is read from")
+    bin_ratio: float = Field(description="resolution of the |h| histogram the median is read from")
     hooks: dict[str, MassiveHook]
     first_layer: int | None
     first_hook: str | None
