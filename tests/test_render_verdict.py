@@ -52,11 +52,13 @@ def _flag(name: str, blocking: bool = True, **evidence) -> Flag:
     )
 
 
-def _row(hook, metric, target, status, value, direction, flags=(), kind="set", signal=None, nll=0.91) -> VerdictRow:
+def _row(
+    hook, metric, target, status, value, direction, flags=(), kind="set", signal=None, nll=0.91, basis="raw"
+) -> VerdictRow:
     blocking = [f.name for f in flags if f.blocking]
     return VerdictRow(
         hook=hook,
-        basis="raw",
+        basis=basis,
         metric=metric,
         reduce="mean",
         target=target,
@@ -283,6 +285,21 @@ def test_grid_counts_the_rows_and_leaves_out_scores_without_a_signal():
     assert "| auroc | Newcombe (2006) method-5 score interval |" in md
 
 
+def test_one_grid_and_one_heatmap_per_basis(tmp_path):
+    sae = _row(B, "l0", "code", "UNTRUSTED", 0.88, "denser_is_ood", [_flag("sae_unfaithful", sets={"code": {}})])
+    report = _hand_report([*_rows(), sae.model_copy(update={"basis": "sae"})])
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    grid = md.split("### Hook × score", 1)[1].split("###", 1)[0]
+    raw, sae_part = grid.split("**raw basis**", 1)[1].split("**sae basis**", 1)
+    assert "| hook | raw gini/mean | raw hoyer/mean |" in raw
+    assert "| hook | sae l0/mean |\n|---|---|\n| `blocks.1.hook_resid_post` | U 1 (SAE 1) |" in sae_part
+    assert A not in sae_part  # a hook without an SAE has no row in the SAE grid
+    assert {"verdict_grid_raw", "verdict_grid_sae"} <= set(report.plots)
+    html = (tmp_path / "report.html").read_text()
+    assert html.count('<table class="vgrid">') == 2
+
+
 def test_flag_tables_list_the_rows_each_flag_decided_strongest_first_and_say_when_cut():
     rows = [
         _row(A, "hoyer", f"set{i}", "UNTRUSTED", round(0.71 + i / 100, 2), "sparser_is_ood", [_flag("massive")])
@@ -303,17 +320,17 @@ def test_report_without_a_verdict_still_renders(tmp_path):
     assert "No verdict in this report" in render_html(md, tmp_path)
     assert _terminal(report).startswith("Verdict: none in this report")
     write_report(report, tmp_path / "out")
-    assert not (tmp_path / "out" / "plots" / "verdict_grid.png").exists()
-    assert VERDICT_PLOT not in report.plots
+    assert not list((tmp_path / "out" / "plots").glob("verdict*"))
+    assert not [name for name in report.plots if name.startswith(VERDICT_PLOT)]
 
 
 def test_verdict_plot_is_drawn_and_embedded(tmp_path):
     report = _hand_report()
     write_report(report, tmp_path)
-    assert (tmp_path / report.plots[VERDICT_PLOT]).stat().st_size > 1000
+    assert (tmp_path / report.plots["verdict_grid_raw"]).stat().st_size > 1000
     md = (tmp_path / "report.md").read_text()
     verdict = md.split("## Verdict", 1)[1].split("\n## ", 1)[0]
-    assert f"![{VERDICT_PLOT}](plots/verdict_grid.png)" in verdict
+    assert "![verdict_grid_raw](plots/verdict_grid_raw.png)" in verdict
     assert "## Plots" not in md  # the only plot is in the verdict
     html = (tmp_path / "report.html").read_text()
     section = html.split('<section id="verdict">', 1)[1].split("</section>", 1)[0]

@@ -143,18 +143,38 @@ def _legend(view: views.VerdictView) -> str:
 
 
 def _grid(report: Report, view: views.VerdictView) -> str:
-    from fer_diag.report.markdown import VERDICT_PLOT, verdict_columns_note, verdict_legend
+    from fer_diag.report.markdown import verdict_columns_note, verdict_legend, verdict_plots
 
-    if not view.signal_scores:
-        return "<p>No score shows a signal at any hook: the grid would hold nothing but UNTRUSTED (no signal).</p>"
-    half = len(view.signal_scores) / 2
-    head = '<tr><th class="h">hook</th>' + "".join(
-        f'<th class="v">{escape(views.score_label(s))}</th>' for s in view.signal_scores
-    )
+    parts = [
+        "<h3>Hook × score</h3>",
+        "<p>One grid per basis. Each cell counts the targets (shifted sets and graded axes) of one score at one "
+        "hook: T trusted, C caution, U untrusted, the untrusted ones by decisive flag ("
+        + escape(verdict_legend(view))
+        + "). The colour says what the cell holds at best; click a cell for its rows, flags, evidence and "
+        "thresholds.</p>",
+        _legend(view),
+    ]
+    for basis in view.bases:
+        hooks, scores, quiet = view.grid(basis)
+        parts.append(f"<h4>{escape(basis)} basis</h4>")
+        if not scores:
+            parts.append("<p>No score shows a signal at any hook: every cell would read UNTRUSTED (no signal).</p>")
+            continue
+        parts.append(_basis_grid(view, hooks, scores))
+        if quiet:
+            parts.append(f"<p>{escape(verdict_columns_note(quiet))}</p>")
+    for name, path in verdict_plots(report).items():
+        parts.append(f'<p><img alt="{escape(name)}" src="{escape(path)}"></p>')
+    return "\n".join(parts)
+
+
+def _basis_grid(view: views.VerdictView, hooks: list[str], scores: list[views.Score]) -> str:
+    half = len(scores) / 2
+    head = '<tr><th class="h">hook</th>' + "".join(f'<th class="v">{escape(views.score_label(s))}</th>' for s in scores)
     body = []
-    for hook in view.hooks:
+    for hook in hooks:
         cells = [f'<th class="h"><code>{escape(hook)}</code></th>']
-        for i, score in enumerate(view.signal_scores):
+        for i, score in enumerate(scores):
             rows = view.cells.get((hook, score), [])
             if not rows:
                 cells.append("<td></td>")
@@ -167,20 +187,7 @@ def _grid(report: Report, view: views.VerdictView) -> str:
                 f'<div class="pop{side}">{_cell_detail(hook, score, rows)}</div></details></td>'
             )
         body.append("<tr>" + "".join(cells) + "</tr>")
-    parts = [
-        "<h3>Hook × score</h3>",
-        "<p>Each cell counts the targets (shifted sets and graded axes) of one score at one hook: T trusted, "
-        "C caution, U untrusted, the untrusted ones by decisive flag (" + escape(verdict_legend(view)) + "). "
-        "The colour says what the cell holds at best; click a cell for its rows, flags, evidence and thresholds.</p>",
-        _legend(view),
-        f'<table class="vgrid"><thead>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>',
-    ]
-    note = verdict_columns_note(view)
-    if note:
-        parts.append(f"<p>{escape(note)}</p>")
-    if VERDICT_PLOT in report.plots:
-        parts.append(f'<p><img alt="{VERDICT_PLOT}" src="{escape(report.plots[VERDICT_PLOT])}"></p>')
-    return "\n".join(parts)
+    return f'<table class="vgrid"><thead>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _cell_detail(hook: str, score: views.Score, rows: list) -> str:

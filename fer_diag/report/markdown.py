@@ -235,7 +235,7 @@ def _seq_mean(prof: Profile | None, metric: str) -> float | None:
 
 
 def _plots(r: Report) -> str:
-    shown = {name: path for name, path in r.plots.items() if name != VERDICT_PLOT}  # that one is in the verdict
+    shown = {name: path for name, path in r.plots.items() if not name.startswith(VERDICT_PLOT)}  # in the verdict
     if not shown:
         return ""
     return "\n".join(["## Plots", ""] + [f"![{name}]({path})" for name, path in shown.items()])
@@ -263,7 +263,8 @@ def render_markdown(r: Report) -> Markdown:
 
 # --------------------------------------------------------------------------- verdict
 VERDICT_HEADING = "## Verdict"
-#: name of the hook × score heatmap in ``report.plots`` (drawn by :func:`fer_diag.report.plots.verdict_grid`)
+#: name prefix of the hook × score heatmaps in ``report.plots``, one per basis: ``verdict_grid_raw``, …
+#: (drawn by :func:`fer_diag.report.plots.verdict_grid`)
 VERDICT_PLOT = "verdict_grid"
 #: rows listed per flag in the "rows each flag decided" tables
 FLAG_ROWS = 10
@@ -303,37 +304,44 @@ def verdict_legend(view: views.VerdictView) -> str:
     flags = views.flag_order(
         {f.name for r in view.rows for f in r.flags} | {r.decisive for r in view.rows if r.decisive}
     )
-    return ", ".join(f"{views.flag_abbr(n)} {views.flag_label(n)}" for n in flags)
+    return ", ".join(f"{views.flag_abbr(n)} = {views.flag_label(n)}" for n in flags)
 
 
-def verdict_columns_note(view: views.VerdictView) -> str:
-    quiet = [views.score_label(s) for s in view.scores if s not in set(view.signal_scores)]
+def verdict_columns_note(quiet: list[views.Score]) -> str:
     if not quiet:
         return ""
-    return f"{len(quiet)} score(s) show no signal at any hook and are left out of the grid: " + ", ".join(quiet) + "."
+    names = ", ".join(views.score_label(s) for s in quiet)
+    return f"{len(quiet)} score(s) show no signal at any hook and are left out of the grid: {names}."
+
+
+def verdict_plots(r: Report) -> dict[str, str]:
+    """The verdict heatmaps among ``report.plots`` (one per basis), name → path."""
+    return {name: path for name, path in r.plots.items() if name.startswith(VERDICT_PLOT)}
 
 
 def _verdict_grid(r: Report, view: views.VerdictView) -> str:
-    if not view.signal_scores:
-        return "No score shows a signal at any hook: the grid would hold nothing but UNTRUSTED (no signal)."
-    rows = [
-        [f"`{hook}`"] + [_esc(views.cell_text(view.cells.get((hook, s), []))) or "·" for s in view.signal_scores]
-        for hook in view.hooks
-    ]
     parts = [
         "### Hook × score",
         "",
-        "Each cell counts the targets (shifted sets and graded axes) of one score at one hook: T trusted, "
-        "C caution, U untrusted, the untrusted ones by decisive flag (" + verdict_legend(view) + "). "
+        "One grid per basis. Each cell counts the targets (shifted sets and graded axes) of one score at one hook: "
+        "T trusted, C caution, U untrusted, the untrusted ones by decisive flag (" + verdict_legend(view) + "). "
         "Every row with its evidence is in report.json (`verdict.rows`) and report.html.",
-        "",
-        table(["hook", *(_esc(views.score_label(s)) for s in view.signal_scores)], rows),
     ]
-    note = verdict_columns_note(view)
-    if note:
-        parts += ["", note]
-    if VERDICT_PLOT in r.plots:
-        parts += ["", f"![{VERDICT_PLOT}]({r.plots[VERDICT_PLOT]})"]
+    for basis in view.bases:
+        hooks, scores, quiet = view.grid(basis)
+        parts += ["", f"**{basis} basis**", ""]
+        if not scores:
+            parts.append("No score shows a signal at any hook: every cell would read UNTRUSTED (no signal).")
+            continue
+        rows = [
+            [f"`{hook}`"] + [_esc(views.cell_text(view.cells.get((hook, s), []))) or "·" for s in scores]
+            for hook in hooks
+        ]
+        parts.append(table(["hook", *(_esc(views.score_label(s)) for s in scores)], rows))
+        if quiet:
+            parts += ["", verdict_columns_note(quiet)]
+    for name, path in verdict_plots(r).items():
+        parts += ["", f"![{name}]({path})"]
     return "\n".join(parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -111,25 +112,35 @@ def massive_per_layer(report: Report, out: Path) -> list[Path]:
 
 
 def verdict_grid(report: Report, out: Path) -> list[Path]:
-    """The verdict as a hook × score heatmap: each cell coloured by what it holds at best (a trusted signal, one
-    with caution, a signal untrusted for its most frequent decisive flag, no signal) and labelled with counts.
+    """The verdict as hook × score heatmaps, one per basis (``verdict_grid_<basis>.png``): each cell coloured by
+    what it holds at best (a trusted signal, one with caution, a signal untrusted for its most frequent decisive
+    flag, no signal) and labelled with the count or the flag.
 
-    Columns are the scores with a signal at some hook (all scores when none has one), as in the report's grid.
+    Columns are the scores with a signal at some hook (all of the basis's scores when none has one), as in the
+    report's grid.
     """
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
     view = views.verdict_view(report)
     if view is None or not view.rows:
         return []
-    scores = view.signal_scores or view.scores
-    cell = {key: views.cell_category(rows) for key, rows in view.cells.items() if rows}
+    paths = []
+    for basis in view.bases:
+        hooks, scores, quiet = view.grid(basis)
+        safe = re.sub(r"[^A-Za-z0-9_.@-]", "_", basis)
+        paths.append(_verdict_heatmap(report, view, basis, hooks, scores or quiet, out / f"verdict_grid_{safe}.png"))
+    return paths
+
+
+def _verdict_heatmap(report: Report, view, basis: str, hooks: list[str], scores: list, path: Path) -> Path:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    cell = {(h, s): views.cell_category(view.cells[(h, s)]) for h in hooks for s in scores if (h, s) in view.cells}
     found = set(cell.values())
     order = [c for c in ("TRUSTED", "CAUTION") if c in found]
     order += views.flag_order(found - {"TRUSTED", "CAUTION"})
-    data = np.full((len(view.hooks), len(scores)), np.nan)
+    data = np.full((len(hooks), len(scores)), np.nan)
     labels: list[tuple[int, int, str]] = []
-    for i, hook in enumerate(view.hooks):
+    for i, hook in enumerate(hooks):
         for j, score in enumerate(scores):
             cat = cell.get((hook, score))
             if cat is None:
@@ -140,13 +151,19 @@ def verdict_grid(report: Report, out: Path) -> list[Path]:
                 labels.append((i, j, f"{views.STATUS_ABBR[cat]}{counts[cat]}"))
             elif cat != "no_signal":
                 labels.append((i, j, views.flag_abbr(cat)))
-    data = np.ma.masked_invalid(data)
     cmap = ListedColormap([views.category_color(c) for c in order] or ["#ffffff"]).with_extremes(bad="white")
-    n_rows, n_cols = len(view.hooks), len(scores)
-    fig, ax = plt.subplots(figsize=(min(3.0 + 0.34 * n_cols, 30), min(2.2 + 0.26 * n_rows + 1.6, 40)))
-    ax.imshow(data, cmap=cmap, vmin=-0.5, vmax=max(len(order), 1) - 0.5, aspect="auto", interpolation="none")
-    ax.set_xticks(range(n_cols), [views.score_label(s) for s in scores], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n_rows), view.hooks, fontsize=7)
+    n_rows, n_cols = len(hooks), len(scores)
+    fig, ax = plt.subplots(figsize=(min(3.5 + 0.34 * n_cols, 30), min(1.2 + 0.26 * n_rows + 1.6, 40)))
+    ax.imshow(
+        np.ma.masked_invalid(data),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=max(len(order), 1) - 0.5,
+        aspect="auto",
+        interpolation="none",
+    )
+    ax.set_xticks(range(n_cols), [f"{m}/{r}" for _, m, r in scores], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n_rows), hooks, fontsize=7)
     ax.set_xticks(np.arange(-0.5, n_cols), minor=True)
     ax.set_yticks(np.arange(-0.5, n_rows), minor=True)
     ax.grid(which="minor", color="white", linewidth=0.8)
@@ -156,13 +173,13 @@ def verdict_grid(report: Report, out: Path) -> list[Path]:
             ax.text(j, i, text, ha="center", va="center", fontsize=6)
     handles = [Patch(color=views.category_color(c), label=views.category_label(c)) for c in order]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    counts = view.status_counts()
+    counts = view.status_counts(r for r in view.rows if r.basis == basis)
     ax.set_title(
-        f"verdict — {report.model.name}: T {counts.get('TRUSTED', 0)} · C {counts.get('CAUTION', 0)} · "
-        f"U {counts.get('UNTRUSTED', 0)} (hook × score × target)",
+        f"verdict, {basis} basis — {report.model.name}: T {counts.get('TRUSTED', 0)} · "
+        f"C {counts.get('CAUTION', 0)} · U {counts.get('UNTRUSTED', 0)} (hook × score × target)",
         fontsize=9,
     )
-    return [_save(fig, out / "verdict_grid.png")]
+    return _save(fig, path)
 
 
 def draw_all(report: Report, out_dir: Path) -> dict[str, str]:

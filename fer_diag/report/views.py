@@ -237,6 +237,18 @@ class VerdictView:
     def rows(self) -> list[VerdictRow]:
         return self.section.rows
 
+    @property
+    def bases(self) -> list[str]:
+        """The bases judged, the model's own first (one grid each)."""
+        return list(dict.fromkeys(s[0] for s in self.scores))
+
+    def grid(self, basis: str) -> tuple[list[str], list[Score], list[Score]]:
+        """One basis's grid: its hooks, the scores with a signal at some hook (columns), the scores without."""
+        scores = [s for s in self.scores if s[0] == basis]
+        hooks = [h for h in self.hooks if any((h, s) in self.cells for s in scores)]
+        signal = set(self.signal_scores)
+        return hooks, [s for s in scores if s in signal], [s for s in scores if s not in signal]
+
     def hook_rows(self, hook: str) -> list[VerdictRow]:
         return [r for s in self.scores for r in self.cells.get((hook, s), [])]
 
