@@ -185,9 +185,12 @@ def test_terminal_opens_with_the_verdict():
 
 def test_html_opens_with_the_verdict_banner(tmp_path):
     report = _hand_report()
-    html = render_html(render_markdown(report), tmp_path)
+    md = render_markdown(report)
+    html = render_html(md, tmp_path)
     body = html.split("<body>", 1)[1]
-    assert body.index('<section id="verdict">') < body.index("<h2>Text sets</h2>")
+    assert re.findall(r"<h2[^>]*>(.*?)</h2>", body) == [h[3:] for h in _headings(md)]  # same sections, in order
+    assert body.index('<section id="verdict">') < body.index("<h2>Text sets and run</h2>")
+    assert "Run time: " in body  # everything the Markdown says outside its verdict section is kept
     assert re.findall(r"<h2[^>]*>(.*?)</h2>", body)[0] == "Verdict"
     banner = re.search(r'<div class="banner (\w+)"><strong>(.*?)</strong></div>', body)
     assert banner.group(1) == "ok" and banner.group(2).startswith("2 trusted signals at 2 of 2 hooks")

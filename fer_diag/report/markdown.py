@@ -32,11 +32,11 @@ def _overview(r: Report) -> str:
         [[s.name, s.kind, fmt(s.level), str(s.n_windows), str(s.n_tokens), s.source] for s in r.text_sets],
     )
     out = [
-        "Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.run.seconds.items()) + ".",
-        "",
-        "## Text sets",
+        "## Text sets and run",
         "",
         sets,
+        "",
+        "Run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.run.seconds.items()) + ".",
     ]
     if r.skipped_sets:
         out += ["", "Skipped: " + "; ".join(r.skipped_sets)]
