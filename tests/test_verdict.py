@@ -199,3 +199,14 @@ def test_verdicts_agree_where_the_basis_flag_is_not_raised(rotated_pair):
         (ra.metric, ra.reduce, ra.target, ra.status, rb.status) for ra, rb in compared if ra.status != rb.status
     ]
     assert not disagree
+
+
+def test_verdict_frames_match_the_section(rotated_pair):
+    *_, (a, _) = rotated_pair
+    rows = a.frame("verdict.rows")
+    assert len(rows) == len(a.verdict.rows)
+    first = a.verdict.rows[0]
+    assert rows.iloc[0]["status"] == first.status and rows.iloc[0]["flags"] == ",".join(f.name for f in first.flags)
+    hooks = a.frame("verdict.hooks")
+    assert hooks["n_rows"].sum() == len(a.verdict.rows)
+    assert (hooks[["TRUSTED", "CAUTION", "UNTRUSTED"]].sum(axis=1) == hooks["n_rows"]).all()

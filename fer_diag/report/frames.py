@@ -24,6 +24,7 @@ from fer_diag.report.sections import (
     ShiftedLatent,
     SparsitySection,
     TokenMetricStats,
+    VerdictRow,
 )
 
 if TYPE_CHECKING:
@@ -201,6 +202,41 @@ def _contexts(r: Report) -> Rows:
                     yield {"hook": hook, "latent": lat.latent, "rank": rank, **_row(ctx, fields)}
 
 
+# --------------------------------------------------------------------------- verdict
+VERDICT_COLUMNS = [
+    *(c for f in _fields(VerdictRow) if f != "flags" for c in ((f"{f}_low", f"{f}_high") if f == "ci" else (f,))),
+    "flags",
+    "blocking_flags",
+]
+VERDICT_HOOK_COLUMNS = ["hook", "n_rows", "n_signal", "TRUSTED", "CAUTION", "UNTRUSTED", "decisive_counts"]
+
+
+def _verdict_rows(r: Report) -> Rows:
+    """One row per verdict row; ``flags`` / ``blocking_flags`` are the flag names joined by commas."""
+    fields = [f for f in _fields(VerdictRow) if f not in ("flags", "ci")]
+    for x in r.verdict.rows if r.verdict else []:
+        lo, hi = x.ci if x.ci is not None else (None, None)
+        yield {
+            **_row(x, fields),
+            "ci_low": lo,
+            "ci_high": hi,
+            "flags": ",".join(f.name for f in x.flags),
+            "blocking_flags": ",".join(f.name for f in x.flags if f.blocking),
+        }
+
+
+def _verdict_hooks(r: Report) -> Rows:
+    for h in r.verdict.hooks if r.verdict else []:
+        counts = {s: h.status_counts.get(s, 0) for s in ("TRUSTED", "CAUTION", "UNTRUSTED")}
+        yield {
+            "hook": h.hook,
+            "n_rows": h.n_rows,
+            "n_signal": h.n_signal,
+            **counts,
+            "decisive_counts": h.decisive_counts,
+        }
+
+
 # --------------------------------------------------------------------------- registry
 #: frame name → (columns, rows of a report), in the order :func:`names` lists them
 FRAMES: dict[str, tuple[list[str], Callable[[Report], Rows]]] = {
@@ -215,6 +251,8 @@ FRAMES: dict[str, tuple[list[str], Callable[[Report], Rows]]] = {
     "shifted_latents": (SHIFTED_COLUMNS, _shifted),
     "shifted_latents.contexts": (CONTEXT_COLUMNS, _contexts),
     "control": (PROFILE_COLUMNS, lambda r: _profiles(r.control.sparsity if r.control else None)),
+    "verdict.rows": (VERDICT_COLUMNS, _verdict_rows),
+    "verdict.hooks": (VERDICT_HOOK_COLUMNS, _verdict_hooks),
 }
 
 
