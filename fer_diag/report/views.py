@@ -256,7 +256,9 @@ class VerdictView:
         return Counter(r.status for r in (self.rows if rows is None else rows))
 
     def hooks_with(self, status: str) -> list[str]:
-        return [h for h in self.hooks if self.summaries[h].status_counts.get(status)] if self.summaries else []
+        """The hooks with at least one row of ``status``."""
+        found = {r.hook for r in self.rows if r.status == status}
+        return [h for h in self.hooks if h in found]
 
     def decided(self) -> dict[str, list[VerdictRow]]:
         """Flag name → the rows it decided: the decisive flag of an UNTRUSTED row, every flag of a CAUTION row."""
