@@ -35,4 +35,6 @@ report = Audit(
     config=AuditConfig(max_seqs=8, random_init_control=False, n_boot=100),
     out_dir="own-model-report",
 ).run()
-print(report.sparsity["profiles"]["raw"]["blocks.3.hook_resid_post"]["fortunes_en"]["metrics"]["hoyer"])
+profiles = report.frame("sparsity.profiles")
+print(profiles.query("basis == 'raw' and metric == 'hoyer' and variant == 'unmasked'").head())
+print(report.frame("verdict.hooks"))

@@ -1,4 +1,4 @@
-"""Audit the embedded default model from Python on a small suite, and read the numbers back.
+"""Audit the embedded default model from Python on a small suite, and read the answer back.
 
 Run: python examples/python_api.py   (about a minute on 2 CPU cores)
 """
@@ -18,7 +18,12 @@ report = Audit(
     out_dir="example-report",
 ).run()
 
-for row in report.familiarity["detection"]:
-    if row["source"] == "sparsity" and row["metric"] == "hoyer" and row["reduce"] == "mean" and not row["masked"]:
-        print(f"{row['hook']:28s} {row['set_name']:12s} AUROC {row['auroc_oriented']:.2f} {row['sparsity_direction']}")
+# the answer: one line per hook
+for hook in report.verdict.hooks:
+    print(f"{hook.hook:28s} {hook.status_counts} untrusted because: {hook.decisive_counts}")
+
+# the evidence as a table: raw-basis Hoyer (token mean) on each shifted set
+rows = report.frame("verdict.rows")
+hoyer = rows.query("metric == 'hoyer' and reduce == 'mean' and basis == 'raw' and target_kind == 'set'")
+print(hoyer[["hook", "target", "value", "direction", "status", "decisive", "flags"]].to_string(index=False))
 print("report written to example-report/report.md")

@@ -19,3 +19,12 @@ def test_example_runs_and_writes_its_report(script, report_dir, tmp_path, monkey
     assert (tmp_path / report_dir / "report.json").stat().st_size > 0
     assert (tmp_path / report_dir / "report.md").read_text().startswith("# fer-diag audit")
     assert capsys.readouterr().out.strip()  # the example prints what it read back
+
+
+@pytest.mark.integration
+def test_rotated_model_example_shows_invariant_scores_unmoved(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(EXAMPLES / "rotated_model.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    largest = float(out.rsplit("largest move", 1)[1].split()[0])
+    assert largest < 0.02  # participation ratio and SAE latents do not see the rotation
