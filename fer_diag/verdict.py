@@ -111,11 +111,12 @@ def _basis_flag(ix: _Index, r, kind: str, target: str, cfg: VerdictConfig) -> Fl
     rotated = ix.rotated.get((kind, r.hook, r.metric, r.reduce, target), [])
     if not rotated:
         return None
-    if kind == "set":
+    if kind == "set":  # AUROCs oriented as the raw row (higher = its direction): below 0.5 is a flip
+        orient = (lambda a: a) if _up(r) else (lambda a: 1.0 - a)
         deltas = [abs(x.auroc - r.auroc) for x in rotated]
         limit, label = cfg.basis_auroc_delta, "auroc"
-        values = {x.basis: _r(x.auroc) for x in rotated}
-        own = r.auroc
+        values = {x.basis: _r(orient(x.auroc)) for x in rotated}
+        own = orient(r.auroc)
     else:
         deltas = [abs((x.spearman_rho or 0.0) - (r.spearman_rho or 0.0)) for x in rotated]
         limit, label = cfg.basis_rho_delta, "rho"

@@ -17,5 +17,5 @@ def write_report(report: Report, out_dir: str | Path) -> Path:
     report.plots = draw_all(report, out)
     md = render_markdown(report)
     (out / "report.md").write_text(md)
-    (out / "report.html").write_text(render_html(md, out))
+    (out / "report.html").write_text(render_html(md, out, report))
     return report.to_json(out / "report.json")
