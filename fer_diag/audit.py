@@ -16,6 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,13 @@ class Audit:
         baselines = analyzers["baselines"].compute()
         clusters = {name: w.cluster.numpy() for name, w in windows.items()}
         fam = familiarity(sparsity, baselines, clusters=clusters, n_boot=c.n_boot, seed=c.seed)
-        sections: dict[str, Any] = {
-            "sparsity": sparsity,
-            "familiarity": fam,
+        sections: dict[str, Any] = {  # the rotated bases are the verdict's instrument: their numbers are in its flags
+            "sparsity": _without_rotations(_jsonable(sparsity)),
+            "familiarity": replace(
+                fam,
+                detection=[r for r in fam.detection if not _rotated(r.basis)],
+                graded=[r for r in fam.graded if not _rotated(r.basis)],
+            ),
             "massive": {**_jsonable(massive), "scaffold": scaffold},
         }
         for name in ("sae_fidelity", "shifted_latents"):
@@ -333,6 +338,18 @@ class Audit:
             config=c.model_dump(),
             **{k: _jsonable(v) for k, v in sections.items()},
         )
+
+
+def _rotated(basis: str | None) -> bool:
+    return bool(basis) and basis.startswith("raw@")
+
+
+def _without_rotations(sparsity: dict[str, Any]) -> dict[str, Any]:
+    """The sparsity section without the rotated bases (``raw@rot*``)."""
+    out = dict(sparsity)
+    for part in ("profiles", "feature_density"):
+        out[part] = {basis: v for basis, v in sparsity[part].items() if not _rotated(basis)}
+    return out
 
 
 def _describe_sae(sae) -> dict[str, Any]:
