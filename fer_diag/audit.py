@@ -28,7 +28,7 @@ from fer_diag.analyzers.baselines import BaselineAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer, calibrate_massive_dims
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import Capture, hook_layer, resolve_hooks
-from fer_diag.data.suite import Suite, Windows, tokenize_windows
+from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
 from fer_diag.errors import ConfigError
 from fer_diag.familiarity import familiarity
 from fer_diag.models import LoadedModel, check_seq_len, load_model
@@ -46,9 +46,9 @@ class AuditConfig(BaseModel):
         None, description="TL hook names / wildcards; default: resid_post of every 3rd layer, the last, and SAE hooks"
     )
     seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
-    max_seqs: int = Field(48, ge=2, description="windows per text set")
+    max_seqs: int = Field(40, ge=2, description="windows per text set")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1, description="windows per forward pass")
     seed: int = 0
     device: str = "cpu"
     need_logits: bool = Field(True, description="run the full model for the NLL / entropy / max-prob baselines")
@@ -56,9 +56,12 @@ class AuditConfig(BaseModel):
     control_sets: int = Field(
         3, ge=1, description="text sets in the random-init control: ID, first shifted set, farthest graded level…"
     )
-    control_seqs: int = Field(32, ge=1, description="windows per text set in the random-init control")
+    control_seqs: int = Field(24, ge=1, description="windows per text set in the random-init control")
     default_saes: bool = Field(True, description="use the shipped SAEs of zoo models when no SAE is given")
-    ce_windows: int = Field(8, ge=0, description="windows per set for the SAE CE-loss score and its CI (spliced)")
+    ce_windows: int = Field(6, ge=0, description="windows per set for the SAE CE-loss score and its CI (spliced)")
+    ce_graded: bool = Field(
+        False, description="also splice the graded levels (by default the reference and shifted sets; EV covers all)"
+    )
     n_boot: int = Field(500, ge=0, description="bootstrap resamples for confidence intervals")
     massive_abs: float = Field(100.0, description="massive activation: |h| above this (Sun et al. 2024)")
     massive_ratio: float = Field(1000.0, description="… and at least this × the layer's median |h|")
@@ -234,6 +237,7 @@ class Audit:
                 for i in range(c.basis_rotations)
             ],
             ce_windows=c.ce_windows,
+            ce_sets=None if c.ce_graded else {t.name for t in suite if t.kind is not SetKind.GRADED},
             checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes)),
             progress=self.progress,
             seconds=self.seconds,

@@ -4,8 +4,11 @@ The floor is the model's forward pass over exactly the windows the audit reads
 (the full forward, since the audit needs logits for the perplexity baselines).
 Floor and audit are timed alternately, ``repeats`` times each, and the fastest of
 each is kept, so load from other processes on a shared machine hits both alike.
-Reported separately: the SAE CE-loss splice (extra forward passes by design) and
-the random-init control (a second model). Peak memory is the peak RSS of a
+The streaming ratio is reported twice: the pipeline itself (capture, bases and
+every analyzer) without the verdict's random-basis sparsity, and with it (the
+extra sparsity of ``basis_rotations`` rotated copies of each raw hook, which the
+basis-dependence test needs). Reported separately: the SAE CE-loss splice (extra
+forward passes by design) and the random-init control (a second model). Peak memory is the peak RSS of a
 fresh process auditing the same set at two corpus sizes: streaming means it
 should not grow with the number of windows.
 """
@@ -36,6 +39,10 @@ class BenchResult(BaseModel):
     #: capture + every analyzer over every window (the part that grows with the corpus); target ≤ 1.15 × forward
     audit_stream_s: float
     ratio_stream: float
+    #: the same with the verdict's rotated bases (``basis_rotations`` extra sparsity passes per raw hook)
+    basis_rotations: int
+    audit_stream_rotations_s: float
+    ratio_stream_rotations: float
     #: the whole audit without CE splice and control, at this corpus size (fixed costs do not shrink with it)
     audit_total_s: float
     ratio_total: float
@@ -116,14 +123,17 @@ def run_bench(
         pad_token_id=loaded.pad_token_id,
     )
     saes = None if use_saes else {}
-    no_ce = config.model_copy(update={"ce_windows": 0})
+    with_rot = config.model_copy(update={"ce_windows": 0})
+    no_ce = with_rot.model_copy(update={"basis_rotations": 0})
     _forward_floor(loaded, windows.tokens[:batch_size], batch_size)  # warm-up
-    floors, runs = [], []
+    floors, runs, rot_runs = [], [], []
     for _ in range(repeats):
         floors.append(_forward_floor(loaded, windows.tokens, batch_size))
         runs.append(_audit(loaded, suite, no_ce, saes))
+        rot_runs.append(_audit(loaded, suite, with_rot, saes))
     total, fastest, report = min(runs, key=lambda run: run[0])
     stream = min(run[1].seconds["analysis"] for run in runs)
+    stream_rot = min(run[1].seconds["analysis"] for run in rot_runs)
     _, with_ce, _ = _audit(loaded, suite, config, saes)
     floor = min(floors)
     return BenchResult(
@@ -135,9 +145,12 @@ def run_bench(
         forward_s=floor,
         audit_stream_s=stream,
         ratio_stream=stream / floor,
+        basis_rotations=config.basis_rotations,
+        audit_stream_rotations_s=stream_rot,
+        ratio_stream_rotations=stream_rot / floor,
         audit_total_s=total,
         ratio_total=total / floor,
-        fixed_s={k: fastest.seconds.get(k, 0.0) for k in ("setup", "scaffold_intervention", "statistics")},
+        fixed_s={k: fastest.seconds.get(k, 0.0) for k in ("setup", "scaffold_intervention", "statistics", "verdict")},
         ce_splice_s=with_ce.seconds.get("sae_ce_splice", 0.0),
         peak_rss_mb={n: peak_rss(model, n, no_ce, saes, seed) for n in memory_sizes},
         torch_threads=torch.get_num_threads(),

@@ -123,13 +123,15 @@ def audit(
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
-    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 48,
+    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
     min_tokens: Annotated[int, typer.Option(help="windows with fewer counted tokens are dropped")] = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 16,
     bridge: Annotated[bool, typer.Option(help="wrap the model as a TransformerBridge")] = False,
     control: Annotated[bool, typer.Option(help="also audit a randomly initialised copy (learned vs intrinsic)")] = True,
-    ce_windows: Annotated[int, typer.Option(help="windows per set for the SAE CE-loss score (0: skip)")] = 8,
+    ce_windows: Annotated[
+        int, typer.Option(help="windows per reference / shifted set for the SAE CE-loss score and its CI (0: skip)")
+    ] = 6,
     resume: Annotated[bool, typer.Option(help="reuse text sets finished by an interrupted run in --out")] = True,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report to stdout")] = False,
@@ -364,6 +366,11 @@ def bench(
     t.add_row("forward pass (floor)", f"{res.forward_s:.2f}", "1.000")
     t.add_row(
         "audit, streaming: capture + analyzers (target ≤ 1.15)", f"{res.audit_stream_s:.2f}", f"{res.ratio_stream:.3f}"
+    )
+    t.add_row(
+        f"  + verdict's random-basis sparsity ({res.basis_rotations} rotations)",
+        f"{res.audit_stream_rotations_s:.2f}",
+        f"{res.ratio_stream_rotations:.3f}",
     )
     t.add_row("audit, whole (no CE splice, no control)", f"{res.audit_total_s:.2f}", f"{res.ratio_total:.3f}")
     for stage, sec in res.fixed_s.items():

@@ -19,7 +19,7 @@ set; a run started again with the same fingerprint resumes after the last one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +94,7 @@ class Pipeline:
     rotations: generic bases (:class:`~fer_diag.basis.RotatedBasis`) for the analyzers
         that read :attr:`Reading.ROTATED`.
     ce_windows: windows per set (the lowest-numbered) that get the SAE CE-loss splice.
+    ce_sets: the sets that get it (default: every set).
     checkpoint: where finished sets are saved, and resumed from.
     progress: show progress bars.
     """
@@ -103,6 +104,7 @@ class Pipeline:
     sae_basis: SAEBasis | None = None
     rotations: Sequence[RotatedBasis] = ()
     ce_windows: int = 0
+    ce_sets: Collection[str] | None = None
     checkpoint: Checkpoint | None = None
     progress: bool = True
     seconds: dict[str, float] = field(default_factory=dict)
@@ -165,6 +167,8 @@ class Pipeline:
 
     def _ce(self, batch: ActivationBatch) -> dict | None:
         """CE-loss sums ``{hook: {seq_index: CESums}}`` of the batch's windows numbered below ``ce_windows``."""
+        if self.ce_sets is not None and batch.set_name not in self.ce_sets:
+            return None
         rows = (batch.seq_index < self.ce_windows).nonzero().flatten()
         if not len(rows):
             return None
