@@ -56,9 +56,9 @@ class AuditConfig(BaseModel):
     control_sets: int = Field(
         3, ge=1, description="text sets in the random-init control: ID, first shifted set, farthest graded level…"
     )
-    control_seqs: int = Field(24, ge=1, description="windows per text set in the random-init control")
+    control_seqs: int = Field(16, ge=1, description="windows per text set in the random-init control")
     default_saes: bool = Field(True, description="use the shipped SAEs of zoo models when no SAE is given")
-    ce_windows: int = Field(6, ge=0, description="windows per set for the SAE CE-loss score and its CI (spliced)")
+    ce_windows: int = Field(4, ge=0, description="windows per set for the SAE CE-loss score and its CI (spliced)")
     ce_graded: bool = Field(
         False, description="also splice the graded levels (by default the reference and shifted sets; EV covers all)"
     )

@@ -131,7 +131,7 @@ def audit(
     control: Annotated[bool, typer.Option(help="also audit a randomly initialised copy (learned vs intrinsic)")] = True,
     ce_windows: Annotated[
         int, typer.Option(help="windows per reference / shifted set for the SAE CE-loss score and its CI (0: skip)")
-    ] = 6,
+    ] = 4,
     resume: Annotated[bool, typer.Option(help="reuse text sets finished by an interrupted run in --out")] = True,
     device: Annotated[str, typer.Option()] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report to stdout")] = False,

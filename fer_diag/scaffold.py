@@ -91,11 +91,12 @@ def scaffold_intervention(
     }
 
 
-def scaffold_report(model, massive: MassiveResult, batch: ActivationBatch) -> dict | None:
-    """The intervention at the first hook with massive activations at position 0, on ``batch``'s windows.
+def scaffold_report(model, massive: MassiveResult, batch: ActivationBatch, max_windows: int = 8) -> dict | None:
+    """The intervention at the first hook with massive activations at position 0, on ``batch``'s first windows.
 
-    Sets those dims at position 0 to their mean across inputs, then to zero; None
-    when no hook has massive activations at the first position.
+    Sets those dims at position 0 to their mean across inputs, then to zero, on at
+    most ``max_windows`` windows (two extra forward passes each); None when no hook
+    has massive activations at the first position.
     """
     hook = massive.first_hook
     if hook is None:
@@ -103,14 +104,15 @@ def scaffold_report(model, massive: MassiveResult, batch: ActivationBatch) -> di
     dims = [d for d in massive.hooks[hook].dims if d.hits_first_position > 0]
     if not dims:
         return None
+    n = min(max_windows, len(batch.seq_index))
     out = scaffold_intervention(
         model,
-        batch.tokens,
+        batch.tokens[:n],
         hook,
         [d.dim for d in dims],
         [0],
         [d.value_mean for d in dims],
-        loss_mask=batch.mask,
-        clean_nll=batch.token_nll,
+        loss_mask=batch.mask[:n],
+        clean_nll=None if batch.token_nll is None else batch.token_nll[:n],
     )
-    return {**out, "positions": [0], "windows": len(batch.seq_index)}
+    return {**out, "positions": [0], "windows": n}

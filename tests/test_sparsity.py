@@ -355,3 +355,16 @@ def test_per_sequence_store_is_bounded():
     prof = res.profiles[("raw", HOOK, "id")]
     assert prof.n_seqs == 32 and prof.n_tokens == 32 * 4  # aggregates cover every window
     assert set(res.to_dict()["profiles"]["raw"][HOOK]["id"]["metrics"]) == {*TOKEN_METRICS, "participation_ratio"}
+
+
+@pytest.mark.parametrize("density", [0.0, 0.02, 0.1, 0.5])
+def test_sparse_latent_path_equals_the_dense_computation(density):
+    """SAE latents are sorted through their K largest entries only; every metric must equal the full sort's."""
+    g = torch.Generator().manual_seed(int(density * 100))
+    h = torch.rand(64, 400, generator=g) * (torch.rand(64, 400, generator=g) < density)
+    h[0] = 0.0  # a row with nothing active
+    h[1, :3] = torch.tensor([5.0, 1.0, 1.0])  # few, unequal entries
+    sparse, dense = token_metrics(h, latents=True), token_metrics(h)
+    for name, values in dense.items():
+        assert torch.allclose(sparse[name], values, rtol=1e-5, atol=1e-6), name
+    assert torch.equal(sparse["l0"], (h != 0).sum(1).double())

@@ -295,12 +295,17 @@ class MassiveAnalyzer(Analyzer):
         vals = sub[i, dims].numpy()
         bins = abs_bins(np.abs(vals))
         r, p, d, tok = rows[i].numpy(), pos[i].numpy(), dims.numpy(), tokens[rows[i], pos[i]].numpy()
-        for k in range(len(vals)):
-            key = (hook, int(d[k]), int(bins[k]))
-            self.hit_n[key] = self.hit_n.get(key, 0) + 1
-            self.hit_first[key] = self.hit_first.get(key, 0) + int(p[k] == 0)
-            self.hit_max[key] = max(self.hit_max.get(key, 0.0), abs(float(vals[k])))
-            self.hit_tokens.setdefault(key, Counter())[int(tok[k])] += 1
+        groups, inv = np.unique(np.stack([d, bins], 1), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        n_hits, n_first = np.bincount(inv), np.bincount(inv, weights=p == 0)
+        largest = np.zeros(len(groups))
+        np.maximum.at(largest, inv, np.abs(vals))
+        for g, (dim, b) in enumerate(groups.tolist()):
+            key = (hook, dim, b)
+            self.hit_n[key] = self.hit_n.get(key, 0) + int(n_hits[g])
+            self.hit_first[key] = self.hit_first.get(key, 0) + int(n_first[g])
+            self.hit_max[key] = max(self.hit_max.get(key, 0.0), float(largest[g]))
+            self.hit_tokens.setdefault(key, Counter()).update(tok[inv == g].tolist())
         # per (window, dim): the candidate of largest |h| (ties: first position)
         order = np.lexsort((p, -np.abs(vals), d, r))
         _, first = np.unique(np.stack([r[order], d[order]], 1), axis=0, return_index=True)

@@ -86,24 +86,41 @@ VARIANTS = {False: "unmasked", True: "masked"}
 
 
 # --------------------------------------------------------------------------- per token
-def _sorted_abs(
-    h: torch.Tensor, zero_dims: torch.Tensor | None = None, count_active: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None]:
+def _sorted_abs(h: torch.Tensor, zero_dims: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """|h| sorted ascending per row, with the ``zero_dims`` columns zeroed first (so they sort to the front).
 
-    Returns the sorted rows, the removed ``|h[:, zero_dims]|`` (or None) and, with
-    ``count_active``, per column the number of rows where it is nonzero (latent
-    firing counts). numpy's SIMD sort is ~20× faster than ``torch.sort`` on CPU.
+    Returns the sorted rows and the removed ``|h[:, zero_dims]|`` (or None).
+    numpy's SIMD sort is ~20× faster than ``torch.sort`` on CPU.
     """
     h = h.detach().cpu()
     a = np.abs((h if h.dtype in (torch.float32, torch.float64) else h.float()).numpy())
-    active = np.count_nonzero(a, axis=0).astype(np.int64) if count_active else None
     removed = None
     if zero_dims is not None:
         removed = torch.from_numpy(a[:, zero_dims.numpy()])
         a[:, zero_dims.numpy()] = 0
     a.sort(axis=1)
-    return torch.from_numpy(a), removed, active
+    return torch.from_numpy(a), removed
+
+
+def _sorted_latents(h: torch.Tensor) -> tuple[torch.Tensor, int, np.ndarray]:
+    """Sparse rows (SAE latents): the ``K`` largest |h| per row, ascending, with K = the most nonzeros of any row.
+
+    Returns those ``[N, K]`` values, the number ``d − K`` of zeros left out of every
+    row (all of its other entries are zero), and per column the number of rows
+    where it is nonzero. A partition then a sort of K ≪ d columns replaces
+    sorting all d (``_row_stats(..., zeros=d − K)`` puts the zeros back).
+    """
+    h = h.detach().cpu()
+    a = np.abs((h if h.dtype in (torch.float32, torch.float64) else h.float()).numpy())
+    active = np.count_nonzero(a, axis=0).astype(np.int64)
+    d = a.shape[1]
+    k = max(1, int(np.count_nonzero(a, axis=1).max(initial=0)))
+    if 4 * k > d:  # not sparse enough to gain: sort everything
+        a.sort(axis=1)
+        return torch.from_numpy(a), 0, active
+    top = np.partition(a, d - k, axis=1)[:, d - k :]
+    top.sort(axis=1)
+    return torch.from_numpy(np.ascontiguousarray(top)), d - k, active
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -145,26 +162,31 @@ class _RowStats:
     cum2: torch.Tensor | None = None  # the same for a²
 
 
-def _row_stats(s: torch.Tensor, k0: int = 0) -> _RowStats:
+def _row_stats(s: torch.Tensor, k0: int = 0, zeros: int = 0) -> _RowStats:
     """Statistics of ascending rows ``s [N, k0 + d]`` whose first ``k0`` columns are zero placeholders.
 
     About seven vectorised passes over ``s`` (float32 accumulation: ~1e-6 relative);
     the rest is per-row scalars. ``cum1``/``cum2`` reach the top-10 % size of all
     ``k0 + d`` coordinates, so that :func:`_add_removed` can restore the placeholders.
+    ``zeros`` counts zero coordinates left out of ``s`` (below all of its columns,
+    :func:`_sorted_latents`); they are part of the d coordinates.
     """
     n, width = s.shape
-    d = width - k0
+    d = width - k0 + zeros
     if d < 2:
         raise ValueError(f"sparsity metrics need d ≥ 2 coordinates, got {d}")
-    weights = torch.stack([torch.ones(width, dtype=s.dtype), torch.arange(1 - k0, d + 1, dtype=s.dtype)], 1)
-    l1, ranked = (s @ weights).double().unbind(1)  # placeholders are 0: their rank weight is irrelevant
+    ranks = torch.arange(1 - k0 + zeros, d + 1, dtype=s.dtype)  # placeholders are 0: their rank is irrelevant
+    weights = torch.stack([torch.ones(width, dtype=s.dtype), ranks], 1)
+    l1, ranked = (s @ weights).double().unbind(1)
     sq = _rowdot(s, s)
     xl = s * s.clamp_min(torch.finfo(s.dtype).tiny).log_()  # a ln a, with 0 ln 0 = 0
     # an entry equal to the row minimum never exceeds mean + std: the max() only removes rounding on flat rows
-    thr = torch.maximum(_threshold(l1, sq, d), s[:, k0].double())
-    top = s[:, width - min(d, _top_k(width, max(TOP_P))) :].flip(1).double()  # largest first
-    cum1 = torch.nn.functional.pad(top.cumsum(1), (1, 0))
-    cum2 = torch.nn.functional.pad(top.square().cumsum(1), (1, 0))
+    low = s[:, k0].double() if not zeros else torch.zeros(n, dtype=torch.float64)
+    thr = torch.maximum(_threshold(l1, sq, d), low)
+    n_top = min(d, _top_k(width + zeros, max(TOP_P)))
+    top = s[:, max(0, width - n_top) :].flip(1).double()  # largest first
+    cum1 = _cumulative(top, n_top)
+    cum2 = _cumulative(top.square(), n_top)
     ks = [_top_k(d, p) for p in TOP_P]
     return _RowStats(
         d=d,
@@ -180,6 +202,13 @@ def _row_stats(s: torch.Tensor, k0: int = 0) -> _RowStats:
         cum1=cum1,
         cum2=cum2,
     )
+
+
+def _cumulative(top: torch.Tensor, n: int) -> torch.Tensor:
+    """``[N, n + 1]`` sums of the largest 0..n entries, from the ``top [N, ≤ n]`` largest ones (the rest are 0)."""
+    cum = torch.nn.functional.pad(top.cumsum(1), (1, 0))
+    extra = n + 1 - cum.shape[1]
+    return torch.cat([cum, cum[:, -1:].expand(-1, extra)], 1) if extra > 0 else cum
 
 
 def _add_removed(st: _RowStats, s: torch.Tensor, removed: torch.Tensor) -> _RowStats:
@@ -276,7 +305,10 @@ def token_metrics(
     dims = _dims(exclude_dims, h.shape[1])
     if latents and dims is not None:
         raise ValueError("exclude_dims are raw-basis coordinates; they do not apply to SAE latents")
-    s, _, _ = _sorted_abs(h, dims)
+    if latents:
+        s, zeros, _ = _sorted_latents(h)
+        return _metrics(_row_stats(s, zeros=zeros), latents)
+    s, _ = _sorted_abs(h, dims)
     return _metrics(_row_stats(s, 0 if dims is None else len(dims)), latents)
 
 
@@ -560,12 +592,15 @@ class SparsityAnalyzer(Analyzer):
             )
             rows = x[mask]
             dims = _dims(masked, rows.shape[1])
-            s, removed, fires = _sorted_abs(rows, dims, count_active=latents)
-            if fires is not None:
+            if latents:
+                s, zeros, fires = _sorted_latents(rows)
                 _add(self.fires, key, fires)
-            if dims is None:
+                variants = [_metrics(_row_stats(s, zeros=zeros), latents)]
+            elif dims is None:
+                s, _ = _sorted_abs(rows)
                 variants = [_metrics(_row_stats(s), latents)]
             else:
+                s, removed = _sorted_abs(rows, dims)
                 kept = _row_stats(s, len(dims))
                 variants = [_metrics(_add_removed(kept, s, removed)), _metrics(kept)]
             pr = _window_pr(x, mask, dims) if layout.window else []
