@@ -274,19 +274,24 @@ def token_readouts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token NLL, predictive entropy (nats) and max-probability of the prediction of token t.
 
-    Position 0 has no prediction and is NaN. Returned on CPU, float32. Works
-    through ``rows`` positions at a time, so the vocabulary-sized intermediates
-    stay in cache (about twice as fast on CPU as whole-batch ops).
+    With m = max z, e = exp(z − m), S = Σe and lse = m + ln S: NLL = lse − z_target,
+    entropy = lse − Σ e·z / S, max-probability = 1 / S — one exponential pass, no
+    log-softmax. Position 0 has no prediction and is NaN. Returned on CPU,
+    float32. Works through ``rows`` positions at a time, so the vocabulary-sized
+    intermediates stay in cache (about twice as fast on CPU as whole-batch ops).
     """
     b, t, v = logits.shape
     flat = logits[:, :-1].reshape(-1, v)
     target = tokens[:, 1:].reshape(-1, 1).to(flat.device)
     out = torch.empty(3, flat.shape[0], device=flat.device)
     for lo in range(0, flat.shape[0], rows):
-        logp = torch.log_softmax(flat[lo : lo + rows].float(), dim=-1)
-        p = logp.exp()
-        out[0, lo : lo + rows] = -logp.gather(-1, target[lo : lo + rows]).squeeze(-1)
-        out[1, lo : lo + rows] = -torch.linalg.vecdot(p, logp)
-        out[2, lo : lo + rows] = p.amax(-1)
+        z = flat[lo : lo + rows].float()
+        top = z.amax(-1, keepdim=True)
+        e = (z - top).exp_()
+        total = e.sum(-1)
+        lse = top.squeeze(-1) + total.log()
+        out[0, lo : lo + rows] = lse - z.gather(-1, target[lo : lo + rows]).squeeze(-1)
+        out[1, lo : lo + rows] = lse - torch.linalg.vecdot(e, z) / total
+        out[2, lo : lo + rows] = total.reciprocal()
     pad = torch.full((b, 1), float("nan"), device=flat.device)
     return tuple(torch.cat([pad, x.view(b, t - 1)], dim=1).cpu() for x in out)
