@@ -58,6 +58,47 @@ def print_verdict(r: Report, console: Console) -> None:
         return
     style = "green" if view.hooks_with("TRUSTED") else "yellow" if view.hooks_with("CAUTION") else "red"
     console.print(f"[bold]Verdict — {escape(r.model.name)}:[/] [{style}]{escape(views.overall_answer(view))}[/]")
+    if console.width < 140:  # a narrow terminal: one block of lines per hook instead of a squeezed table
+        _print_verdict_lines(view, console)
+    else:
+        _print_verdict_table(view, console)
+    cfg = r.verdict.config
+    console.print("thresholds: " + views.fmt_setting(cfg.model_dump()), style="dim")
+    methods = dict(r.verdict.ci_methods)
+    if methods:
+        console.print("intervals: " + "; ".join(f"{k}: {m}" for k, m in methods.items()), style="dim")
+
+
+def _counts_cell(view, hook: str) -> str:
+    h = view.summaries.get(hook)
+    counts = h.status_counts if h is not None else view.status_counts(view.hook_rows(hook))
+    return " · ".join(
+        f"[{_STATUS_STYLE[s]}]{views.STATUS_ABBR[s]} {counts.get(s, 0)}[/]"
+        if counts.get(s)
+        else f"{views.STATUS_ABBR[s]} 0"
+        for s in views.STATUSES
+    )
+
+
+def _trusted(view, hook: str, sep: str) -> str:
+    h = view.summaries.get(hook)
+    out = sep.join(escape(x) for x in (h.trusted[: views.BEST_FEW] if h else []))
+    if h and len(h.trusted) > views.BEST_FEW:
+        out += f"{sep}(+{len(h.trusted) - views.BEST_FEW} more)"
+    return out or "none"
+
+
+def _print_verdict_lines(view, console: Console) -> None:
+    for hook in view.hooks:
+        a = views.hook_answer(view, hook)
+        console.print(f"[bold]{escape(hook)}[/]  {_counts_cell(view, hook)}")
+        console.print(f"  trusted: {_trusted(view, hook, '; ')}")
+        for label, key in (("caution", "caution_flags"), ("untrusted", "untrusted"), ("signals", "directions")):
+            if a[key]:
+                console.print(f"  {label}: {escape(a[key])}")
+
+
+def _print_verdict_table(view, console: Console) -> None:
     t = Table(
         caption=f"T/C/U: targets (shifted sets, graded axes) × scores trusted / caution / untrusted; "
         f"at most {views.BEST_FEW} signals named per hook, best first",
@@ -72,31 +113,15 @@ def print_verdict(r: Report, console: Console) -> None:
     t.add_column("signals by direction", ratio=2, overflow="fold")
     for hook in view.hooks:
         a = views.hook_answer(view, hook)
-        h = view.summaries.get(hook)
-        counts = h.status_counts if h is not None else view.status_counts(view.hook_rows(hook))
-        cell = " · ".join(
-            f"[{_STATUS_STYLE[s]}]{views.STATUS_ABBR[s]} {counts.get(s, 0)}[/]"
-            if counts.get(s)
-            else f"{views.STATUS_ABBR[s]} 0"
-            for s in views.STATUSES
-        )
-        trusted = "\n".join(escape(x) for x in (h.trusted[: views.BEST_FEW] if h else []))
-        if h and len(h.trusted) > views.BEST_FEW:
-            trusted += f"\n(+{len(h.trusted) - views.BEST_FEW} more)"
         t.add_row(
             escape(hook),
-            cell,
-            trusted or "none",
+            _counts_cell(view, hook),
+            _trusted(view, hook, "\n"),
             escape(a["caution_flags"]),
             escape(a["untrusted"]),
             escape(a["directions"]).replace("; ", "\n"),
         )
     console.print(t)
-    cfg = r.verdict.config
-    console.print("thresholds: " + views.fmt_setting(cfg.model_dump()), style="dim")
-    methods = dict(r.verdict.ci_methods)
-    if methods:
-        console.print("intervals: " + "; ".join(f"{k}: {m}" for k, m in methods.items()), style="dim")
 
 
 def print_summary(r: Report, console: Console | None = None) -> None:
