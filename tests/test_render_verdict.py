@@ -13,9 +13,9 @@ from collections import Counter
 
 import pytest
 from rich.console import Console
+from test_audit import _suite
 
 from fer_diag.audit import Audit, AuditConfig
-from fer_diag.data.suite import SetKind, Suite, TextSet
 from fer_diag.report import Report, views
 from fer_diag.report.html import render_html
 from fer_diag.report.markdown import VERDICT_PLOT, render_markdown
@@ -367,29 +367,10 @@ def test_rendering_3000_rows_is_fast(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ a real audit
-WORDS = ("the cat sat on a mat while dogs ran past old mills and quiet rivers in the warm morning sun").split()  # noqa: SIM905
-
-
-def _texts(seed: int, scramble: bool = False, n: int = 6) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        text = " ".join(rng.choice(WORDS) for _ in range(30))
-        out.append("".join(rng.choice("qxzjv#@%&!") for _ in text) if scramble else text)
-    return out
-
-
 @pytest.fixture(scope="module")
 def audited(tiny_hooked, tmp_path_factory) -> tuple[Report, object]:
     out = tmp_path_factory.mktemp("verdict-render")
-    suite = Suite(
-        [
-            TextSet("id", SetKind.IN_DISTRIBUTION, texts=_texts(0)),
-            TextSet("noise", SetKind.SHIFTED, texts=_texts(1, scramble=True)),
-            TextSet("g0", SetKind.GRADED, texts=_texts(2), level=0.0, axis="shift"),
-            TextSet("g1", SetKind.GRADED, texts=_texts(3, scramble=True), level=1.0, axis="shift"),
-        ]
-    )
+    suite = _suite()
     config = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2)
     hooks = ["blocks.*.hook_resid_post"]
     Audit(tiny_hooked, hooks=hooks, suite=suite, config=config, out_dir=out, progress=False).run()

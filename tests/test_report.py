@@ -5,16 +5,15 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
 from sae_factory import make_sae
+from test_audit import _suite
 from typer.testing import CliRunner
 
 from fer_diag.audit import Audit, AuditConfig
-from fer_diag.data.suite import SetKind, Suite, TextSet
 from fer_diag.errors import FerDiagError
 from fer_diag.report import SCHEMA_VERSION, Report, ReportFileError, ReportVersionError
 from fer_diag.report.markdown import render_markdown
@@ -31,48 +30,6 @@ from fer_diag.report.sections import (
 from fer_diag.report.terminal import print_summary
 
 SAE_HOOK = "blocks.1.hook_resid_post"
-WORDS = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "while",
-    "dogs",
-    "ran",
-    "past",
-    "old",
-    "mills",
-    "and",
-    "quiet",
-    "rivers",
-    "in",
-    "the",
-    "warm",
-    "morning",
-    "sun",
-]
-
-
-def _texts(seed: int, scramble: bool = False, n: int = 6) -> list[str]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        text = " ".join(rng.choice(WORDS) for _ in range(30))
-        out.append("".join(rng.choice("qxzjv#@%&!") for _ in text) if scramble else text)
-    return out
-
-
-def _suite() -> Suite:
-    return Suite(
-        [
-            TextSet("id", SetKind.IN_DISTRIBUTION, texts=_texts(0)),
-            TextSet("noise", SetKind.SHIFTED, texts=_texts(1, scramble=True)),
-            TextSet("g0", SetKind.GRADED, texts=_texts(2), level=0.0, axis="shift"),
-            TextSet("g1", SetKind.GRADED, texts=_texts(3, scramble=True), level=1.0, axis="shift"),
-        ]
-    )
 
 
 CONFIG = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2)

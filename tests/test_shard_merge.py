@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sae_factory import make_sae
+from test_audit import WORDS
 
 import fer_diag.analyzers as analyzers_pkg
 from fer_diag.analyzers.base import Analyzer
@@ -93,26 +94,7 @@ def max_rel_diff(a, b, path: str = "") -> float:
 
 @pytest.fixture(scope="module")
 def sharded(tiny_hooked):
-    words = [
-        "the",
-        "cat",
-        "sat",
-        "on",
-        "a",
-        "mat",
-        "while",
-        "dogs",
-        "ran",
-        "past",
-        "old",
-        "mills",
-        "and",
-        "quiet",
-        "rivers",
-        "in",
-        "warm",
-        "sun",
-    ]
+    words = WORDS
     rng = np.random.default_rng(0)
 
     def texts(n: int, scramble: bool = False) -> list[str]:
