@@ -45,5 +45,8 @@ both = a[["value", "status"]].join(b[["value", "status"]], lsuffix="_original", 
 both["moved"] = (both["value_original"] - both["value_rotated"]).abs()
 print("largest moves of a score's AUROC / ρ between the model and its rotated copy (same logits):")
 print(both.sort_values("moved", ascending=False).head(10).to_string())
-invariant = both.reset_index().query("metric == 'participation_ratio' or basis != 'raw'")
-print(f"rotation-invariant scores (participation ratio, SAE latents): largest move {invariant['moved'].max():.4f}")
+# the participation ratio is rotation-invariant, and the rotated SAEs fire the same latents (L0). Other SAE metrics
+# follow too, except where they are degenerate: top-p energy is ≈ 1 whenever fewer than p·d latents fire, and then
+# its AUROC only ranks rounding noise.
+invariant = both.reset_index().query("metric == 'participation_ratio' or (basis != 'raw' and metric == 'l0')")
+print(f"rotation-invariant scores (participation ratio, SAE L0): largest move {invariant['moved'].max():.4f}")
