@@ -167,6 +167,10 @@ class Audit:
         h = hashlib.sha256()
         h.update(self.config.model_dump_json().encode())
         h.update(json.dumps([loaded.name, hooks, sorted(saes)]).encode())
+        # weights too: a retrained SAE or another model under the same name must not resume old statistics
+        for module in [loaded.model, *saes.values()]:
+            with torch.no_grad():
+                h.update(repr([round(float(p.double().sum()), 6) for p in module.parameters()]).encode())
         for name, w in windows.items():
             h.update(name.encode())
             h.update(w.tokens.numpy().tobytes())
@@ -183,7 +187,8 @@ class Audit:
                 found = {h: s for h, s in found.items() if h in hooks}
             # through match_saes: width check and device move, as for user SAEs
             return match_saes(found, loaded.model, list(found)) if found else {}
-        return match_saes(self.saes_arg, loaded.model, hooks)
+        # default hooks: a user SAE adds its own hook, as the shipped ones do
+        return match_saes(self.saes_arg, loaded.model, hooks, extend=self.config.hooks is None)
 
     def _analyzers(self, massive_dims: dict[str, list[int]], saes: dict, tokenizer) -> dict[str, Analyzer]:
         c = self.config
@@ -233,7 +238,7 @@ class Audit:
             analyzers,
             sae_basis=SAEBasis(saes) if saes else None,
             rotations=[
-                RotatedBasis(c.seed + i, n_heads=getattr(loaded.model.cfg, "n_heads", None))
+                RotatedBasis(c.seed + i, d_head=getattr(loaded.model.cfg, "d_head", None))
                 for i in range(c.basis_rotations)
             ],
             ce_windows=c.ce_windows,

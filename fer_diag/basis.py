@@ -62,14 +62,15 @@ class RotatedBasis:
     """Hook vectors in a generic basis: h ↦ h Q for a fixed Haar-random orthogonal Q drawn from ``seed``.
 
     One Q per width. Per-head hooks (``attn.hook_z`` / ``hook_v``, flattened to
-    ``n_heads · d_head`` by capture) get a block-diagonal Q with one Haar block
-    per head (``n_heads``), the change of basis that folds into W_V / W_O. Hooks
+    ``heads · d_head`` by capture; ``hook_v`` has the key/value heads under
+    grouped-query attention) get a block-diagonal Q with one Haar block of size
+    ``d_head`` per head, the change of basis that folds into W_V / W_O. Hooks
     with a privileged basis (:func:`basis_privilege`) are left out. The batch
     is named ``raw@rot{seed}``: a raw basis read another way (no SAE latents).
     """
 
     seed: int
-    n_heads: int | None = None
+    d_head: int | None = None
     _cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -82,8 +83,8 @@ class RotatedBasis:
 
         key = (d, per_head)
         if key not in self._cache:
-            if per_head and self.n_heads and d % self.n_heads == 0:
-                blocks = [haar_orthogonal(d // self.n_heads, self.seed * 1009 + h) for h in range(self.n_heads)]
+            if per_head and self.d_head and d % self.d_head == 0:
+                blocks = [haar_orthogonal(self.d_head, self.seed * 1009 + h) for h in range(d // self.d_head)]
                 q = torch.block_diag(*blocks)
             else:
                 q = haar_orthogonal(d, self.seed)
@@ -215,7 +216,9 @@ def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> tor
 
 
 def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
-    return sae.decode(sae.encode(acts.to(sae.dtype))).to(acts.dtype)
+    """x̂ = decode(encode(x)); per-head hooks (``[b, t, heads, d_head]``) are read flattened, as capture reads them."""
+    flat = acts.flatten(2) if acts.ndim == 4 else acts
+    return sae.decode(sae.encode(flat.to(sae.dtype))).to(acts.dtype).reshape(acts.shape)
 
 
 def _splice(mask: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):

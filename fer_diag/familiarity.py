@@ -186,7 +186,8 @@ class _Source:
         }
 
 
-def _axis_of(name: str, info: SetInfo) -> str:
+def axis_of(name: str, info: SetInfo) -> str:
+    """The graded axis of a set: its ``axis``, else its name without the trailing level number."""
     return info.axis or re.sub(r"[\s_\-:@=]*\d+(\.\d+)?%?$", "", name) or "graded"
 
 
@@ -315,14 +316,12 @@ def _detect(src: _Source, name: str, info: SetInfo, cfg: _Settings) -> list[Dete
     return rows
 
 
-def _graded(
-    src: _Source, sets: dict[str, SetInfo], cfg: _Settings, clusters: dict[str, np.ndarray]
-) -> list[GradedRow]:
+def _graded(src: _Source, sets: dict[str, SetInfo], cfg: _Settings, clusters: dict[str, np.ndarray]) -> list[GradedRow]:
     """Correlation of every column of ``src`` with the shift level, per graded axis."""
     axes: dict[str, list[tuple[str, float]]] = {}
     for name, info in sets.items():
         if info.kind == "graded" and info.level is not None and name in src.tables:
-            axes.setdefault(_axis_of(name, info), []).append((name, info.level))
+            axes.setdefault(axis_of(name, info), []).append((name, info.level))
     rows = []
     for axis, members in sorted(axes.items()):
         with_ref = all(level != 0 for _, level in members) and cfg.reference_set in src.tables

@@ -161,9 +161,9 @@ class Pipeline:
             latents.ce = self._ce(batch)
             views[Reading.SAE] = [latents]
         for analyzer in self.analyzers.values():
-            for reading in analyzer.reads:
-                for view in views.get(reading, ()):
-                    analyzer.update(view)
+            seen = {id(v): v for reading in analyzer.reads for v in views.get(reading, ())}  # RAW and READOUTS: once
+            for view in seen.values():
+                analyzer.update(view)
 
     def _ce(self, batch: ActivationBatch) -> dict | None:
         """CE-loss sums ``{hook: {seq_index: CESums}}`` of the batch's windows numbered below ``ce_windows``."""

@@ -49,7 +49,7 @@ from fer_diag import stats
 from fer_diag.analyzers.baselines import BaselineResult
 from fer_diag.analyzers.sparsity import METRIC_SENSE, SparsityResult
 from fer_diag.basis import basis_privilege
-from fer_diag.familiarity import DetectionRow, FamiliarityResult, GradedRow
+from fer_diag.familiarity import DetectionRow, FamiliarityResult, GradedRow, axis_of
 from fer_diag.report.sections import BLOCKING, Flag, HookSummary, VerdictConfig, VerdictRow, VerdictSection
 
 __all__ = ["BLOCKING", "VerdictConfig", "VerdictSection", "verdict"]
@@ -161,7 +161,18 @@ def _massive_flag(ix: _Index, r, kind: str, target: str, cfg: VerdictConfig) -> 
 def _length_flag(r, kind: str, cfg: VerdictConfig) -> Flag | None:
     if kind == "set":
         if r.auroc_length_matched is None or r.length_matched_pair_frac < cfg.length_min_pair_frac:
-            return None
+            return Flag(  # the two sets barely share window lengths: length cannot be ruled out
+                name="length_confounded",
+                blocking=True,
+                evidence={
+                    "auroc": _r(r.auroc_oriented),
+                    "pair_frac": _r(r.length_matched_pair_frac),
+                    "testable": False,
+                },
+                threshold={"length_min_pair_frac": cfg.length_min_pair_frac},
+                message=f"only {r.length_matched_pair_frac:.0%} of window pairs share a length stratum: "
+                "the sets differ in length too much to rule length out",
+            )
         matched = r.auroc_length_matched if _up(r) else 1 - r.auroc_length_matched
         if matched >= cfg.auroc_min:
             return None
@@ -266,7 +277,7 @@ def verdict(
     graded_sets: dict[str, list[str]] = {}
     for name, info in sparsity.sets.items():
         if info.kind == "graded":
-            graded_sets.setdefault(info.axis or name, []).append(name)
+            graded_sets.setdefault(axis_of(name, info), []).append(name)
     scores = sorted(
         {
             (r.basis, r.hook, r.metric, r.reduce)

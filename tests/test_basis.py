@@ -96,9 +96,7 @@ def test_ce_sums_known_answers(model):
     _, cache = model.run_with_cache(w.tokens[:4], names_filter=[HOOK0, HOOK1])
     acts = {h: cache[h] for h in (HOOK0, HOOK1)}
     # the capture's clean NLL and activations: no clean pass, and the blocks before the hook are not run again
-    reused = {
-        h: sum(v, CESums()) for h, v in basis.ce_sums(model, w.tokens[:4], w.mask[:4], clean_nll, acts).items()
-    }
+    reused = {h: sum(v, CESums()) for h, v in basis.ce_sums(model, w.tokens[:4], w.mask[:4], clean_nll, acts).items()}
     for hook in sums:
         assert reused[hook].clean == pytest.approx(sums[hook].clean, rel=1e-6)
         assert reused[hook].sae == pytest.approx(sums[hook].sae, rel=1e-5)

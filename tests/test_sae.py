@@ -436,3 +436,19 @@ def test_shipped_default_saes_on_smollm2(smollm2):
         assert got["explained_variance"] >= 0.8, (hook, got)
         assert got.get("massive_masked", got)["explained_variance"] >= 0.8, (hook, got)
         assert got["l0"] <= 64, (hook, got)
+
+
+def test_attention_sae_on_flattened_hook_z(model):
+    """sae-lens SAEs trained on hook_z reshape [.., heads, d_head] themselves; capture already flattened it."""
+    hook = "blocks.0.attn.hook_z"
+    width = model.cfg.n_heads * model.cfg.d_head
+    sae = make_sae(width, hook, reshape_activations="hook_z")
+    saes = match_saes({hook: sae}, model, [hook])
+    w = windows(4, 10, model.cfg.d_vocab, seed=4)
+    (batch,) = Capture(model, [hook], batch_size=4).batches(w, ID)
+    latents = SAEBasis(saes).read(batch)
+    assert latents.acts[hook].shape == (4, 10, sae.cfg.d_sae)
+    with torch.no_grad():
+        torch.testing.assert_close(latents.acts[hook], sae.encode(batch.acts[hook]))
+    sums = sum(SAEBasis(saes).ce_sums(model, w.tokens, w.mask)[hook], CESums())
+    assert sums.tokens == int(w.mask[:, 1:].sum()) and sums.score() is not None

@@ -368,3 +368,16 @@ def test_sparse_latent_path_equals_the_dense_computation(density):
     for name, values in dense.items():
         assert torch.allclose(sparse[name], values, rtol=1e-5, atol=1e-6), name
     assert torch.equal(sparse["l0"], (h != 0).sum(1).double())
+
+
+def test_masking_almost_every_dim_still_gives_the_unmasked_metrics():
+    """Regression: masking more than 90 % of the dims indexed past the kept top-k sums."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 100, generator=g)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    masked, plain = SparsityAnalyzer(massive_dims={HOOK: list(range(95))}), SparsityAnalyzer()
+    for an in (masked, plain):
+        an.update(batch(x, mask))
+    a, b = (an.compute().profiles[("raw", HOOK, "id")].metrics for an in (masked, plain))
+    for name in ("hoyer", "top10_energy", "top10_energy_l1", "gini"):
+        assert a[name]["unmasked"]["mean"] == approx(b[name]["unmasked"]["mean"], rel=1e-5), name

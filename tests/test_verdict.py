@@ -210,3 +210,14 @@ def test_verdict_frames_match_the_section(rotated_pair):
     hooks = a.frame("verdict.hooks")
     assert hooks["n_rows"].sum() == len(a.verdict.rows)
     assert (hooks[["TRUSTED", "CAUTION", "UNTRUSTED"]].sum(axis=1) == hooks["n_rows"]).all()
+
+
+def test_sets_that_barely_share_a_length_are_flagged_as_untestable():
+    # every reference window is long, every shifted one short: no length stratum holds both
+    id_mask, ood_mask = _full_mask(), _full_mask()
+    ood_mask[:, 6:] = False
+    v = _verdict(_gauss(N, 1), _gauss(N, 2), id_mask=id_mask, ood_mask=ood_mask)
+    row = _row(v, "participation_ratio", "window")
+    assert row.signal and row.decisive == "length_confounded"
+    (flag,) = [f for f in row.flags if f.name == "length_confounded"]
+    assert flag.evidence["testable"] is False and flag.evidence["pair_frac"] < 0.25

@@ -187,7 +187,7 @@ def _row_stats(s: torch.Tensor, k0: int = 0, zeros: int = 0) -> _RowStats:
     # an entry equal to the row minimum never exceeds mean + std: the max() only removes rounding on flat rows
     low = s[:, k0].double() if not zeros else torch.zeros(n, dtype=torch.float64)
     thr = torch.maximum(_threshold(l1, sq, d), low)
-    n_top = min(d, _top_k(width + zeros, max(TOP_P)))
+    n_top = _top_k(width + zeros, max(TOP_P))  # may exceed the kept dims: _add_removed reads that far
     top = s[:, max(0, width - n_top) :].flip(1).double()  # largest first
     cum1 = _cumulative(top, n_top)
     cum2 = _cumulative(top.square(), n_top)

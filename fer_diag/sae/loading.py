@@ -161,7 +161,7 @@ def _as_items(saes: Any) -> list[tuple[str | None, SAESpec]]:
     )
 
 
-def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
+def match_saes(saes: Any, model, hooks: Sequence[str], *, extend: bool = False) -> dict[str, SAE]:
     """Load ``saes`` and key each by the captured hook it reads (a name in ``hooks``).
 
     ``saes``: one SAE spec (object, folder, ``release/sae_id``), a list of them,
@@ -169,7 +169,8 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
     loaded on the model's device in float32; an SAE object elsewhere is moved
     there in place, with a warning saying so. Raises :class:`SAEMatchError` for an SAE without a hook name,
     a hook the model lacks, a hook not among ``hooks``, two SAEs for one hook, or
-    ``d_in`` ≠ the hook's width.
+    ``d_in`` ≠ the hook's width. With ``extend`` an SAE for a hook of the model that
+    is not among ``hooks`` is kept under its own hook name (the caller captures it too).
     """
     device = next(model.parameters()).device
     known = available_hooks(model)
@@ -192,7 +193,7 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
                 f"model, or its cfg.json names the hook wrongly (fix metadata.hook_name there, or from Python pass "
                 f"{{correct_hook: sae}}).{hint}"
             )
-        hook = points.get(id(point))
+        hook = points.get(id(point)) or (name if extend else None)
         if hook is None:
             raise SAEMatchError(
                 f"SAE {_label(spec)} reads hook {name!r}, which is not captured (hooks: {', '.join(hooks)}). "
@@ -200,6 +201,8 @@ def match_saes(saes: Any, model, hooks: Sequence[str]) -> dict[str, SAE]:
             )
         if hook in out:
             raise SAEMatchError(f"two SAEs given for hook {hook!r}; pass one SAE per hook")
+        if getattr(sae, "hook_z_reshaping_mode", False):  # capture hands it [batch, pos, n_heads·d_head] already
+            sae.turn_off_forward_pass_hook_z_reshaping()
         out[hook] = _on_device(sae, device, hook)
     if out:
         widths = hook_widths(model, list(out))
