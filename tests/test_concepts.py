@@ -136,7 +136,7 @@ def test_token_kinds_from_the_tokenizer(tiny_tokenizer):
         "Wow, the Quick brown fox jumps over 12 lazy dogs; unfamiliar text! Then 345 more. "
         "A language Model reads familiar text, and 6789 Sparse shifted inputs."
     ] * 3
-    cs = C.build_token_kinds(2, seed=0, tokenizer=tiny_tokenizer, texts=corpus)
+    cs = C.build_token_kinds(2, seed=0, tokenizer=tiny_tokenizer, texts=corpus, per_text=3)
     assert cs.level == "token" and set(cs.counts.values()) == {2}
     assert set(cs.classes) <= set(C.TOKEN_KINDS)
     for text, y, (a, b) in zip(cs.texts, cs.labels, cs.spans, strict=True):

@@ -465,6 +465,7 @@ def build_token_kinds(
     *,
     tokenizer: Any = None,
     max_context: int = 200,
+    per_text: int = 2,
     twin_noise: float = TWIN_NOISE,
     texts: Sequence[str] | None = None,
 ) -> ConceptSet:
@@ -474,9 +475,10 @@ def build_token_kinds(
     each token is classed by its string (:func:`token_kind`). An example is the
     text around one token: at most ``max_context`` characters before it (cut at
     whitespace) up to the end of its whitespace-delimited word, with the token's
-    span. Only examples whose re-tokenized text still has the same token there
-    are kept. Classes with fewer than ``n_per_class`` examples are balanced down
-    (noted), classes with none are dropped. Twin: character noise in the context
+    span; at most ``per_text`` examples of a kind come from one text. Only
+    examples whose re-tokenized text still has the same token there are kept.
+    Classes with fewer than ``n_per_class`` examples are balanced down (noted),
+    classes with none are dropped. Twin: character noise in the context
     before the token's word (an example whose token the noise changes keeps its
     clean text; counted in the twin's notes).
     """
@@ -491,11 +493,12 @@ def build_token_kinds(
             break
         text = corpus[ti]
         enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+        taken: Counter[str] = Counter()
         for tok_id, (a, b) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
             if b <= a:
                 continue
             kind = token_kind(text[a:b], a == 0 or text[a - 1].isspace())
-            if kind is None or len(pools[kind]) >= 2 * n_per_class:
+            if kind is None or len(pools[kind]) >= 2 * n_per_class or taken[kind] >= per_text:
                 continue
             end = b
             while end < len(text) and not text[end].isspace():
@@ -510,6 +513,7 @@ def build_token_kinds(
             span = (a - start, b - start)
             if _same_token(tokenizer, example, span[1], tok_id):
                 pools[kind].append((example, span, tok_id))
+                taken[kind] += 1
     dropped = [f"{k}: no token of this kind in the text" for k, p in pools.items() if not p]
     kept = {k: p for k, p in pools.items() if p}
     if len(kept) < 2:
