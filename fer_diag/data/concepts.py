@@ -58,6 +58,7 @@ from fer_diag.data.sources import (
     english_fortunes,
     foreign_fortunes,
     iso_json,
+    jsonl_objects,
     latex,
     python_code,
     words,
@@ -561,18 +562,7 @@ JSONL_EXAMPLE = '{"text": "…", "label": "positive"}'
 def _read_labelled(p: Path, text_field: str, label_field: str) -> tuple[list[str], list[str | int]]:
     texts: list[str] = []
     labels: list[str | int] = []
-    for n, raw in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputFileError(
-                f"{where}: not valid JSON ({e.msg}); write one object per line, e.g. {JSONL_EXAMPLE}"
-            ) from None
-        if not isinstance(obj, dict):
-            raise InputFileError(f"{where}: not a JSON object; write one object per line, e.g. {JSONL_EXAMPLE}")
+    for where, _, obj in jsonl_objects(p, JSONL_EXAMPLE):
         for key in (text_field, label_field):
             if key not in obj:
                 raise InputFileError(

@@ -495,23 +495,37 @@ def _labels(values: list[Any]) -> tuple[list[int], list[str] | None]:
     return [index[str(v)] for v in values], names
 
 
+def jsonl_objects(path: Path, example: str) -> Iterator[tuple[str, int, dict]]:
+    """``("file:line", line number, object)`` for each non-blank line of a JSON-lines file.
+
+    A line that is not JSON, or not a JSON object, raises
+    :class:`~fer_diag.errors.InputFileError` naming the file and line, with
+    ``example`` as the line to write instead.
+    """
+    for n, raw in enumerate(_read(path).splitlines(), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputFileError(
+                f"{where}: not valid JSON ({e.msg}); write one JSON object per line, e.g. {example}"
+            ) from None
+        if not isinstance(obj, dict):
+            raise InputFileError(f"{where}: not a JSON object; write one JSON object per line, e.g. {example}")
+        yield where, n, obj
+
+
 def read_jsonl(path: str | Path, field: str = "text", label_field: str | None = None) -> Records:
     """Texts (and optional labels) of a JSON-lines file, one object per line; blank lines are ignored."""
     texts: list[str] = []
     raw_labels: list[Any] = []
-    for n, line in enumerate(_read(Path(path)).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputFileError(f"{path}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from e
-        if not isinstance(obj, dict):
-            raise InputFileError(f'{path}:{n}: not a JSON object; expected one object per line, e.g. {{"{field}": …}}')
+    for where, _, obj in jsonl_objects(Path(path), f'{{"{field}": …}}'):
         for key, arg in ((field, "field"), (label_field, "label_field")):
             if key is not None and key not in obj:
                 raise InputFileError(
-                    f"{path}:{n}: no field {key!r} (fields: {', '.join(map(repr, obj)) or 'none'}); give every line "
+                    f"{where}: no field {key!r} (fields: {', '.join(map(repr, obj)) or 'none'}); give every line "
                     f"a {key!r} field, or from Python name the right one with {arg}=…"
                 )
         texts.append(str(obj[field]))
@@ -555,19 +569,7 @@ def read_graded_jsonl(path: str | Path, field: str = "text") -> list[GradedLine]
     """
     p = check_text_file(path)
     out: list[GradedLine] = []
-    for n, raw in enumerate(_read(p).splitlines(), 1):
-        if not raw.strip():
-            continue
-        where = f"{p}:{n}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise InputFileError(
-                f"{where}: not valid JSON ({e.msg}); a --graded file holds one JSON object per line, "
-                f"e.g. {GRADED_EXAMPLE}"
-            ) from None
-        if not isinstance(obj, dict):
-            raise InputFileError(f"{where}: not a JSON object; write one object per line, e.g. {GRADED_EXAMPLE}")
+    for where, n, obj in jsonl_objects(p, GRADED_EXAMPLE):
         fields = ", ".join(map(repr, obj)) or "none"
         if field not in obj:
             raise InputFileError(
