@@ -240,6 +240,36 @@ def _noise_twin(cs: ConceptSet, level: float = TWIN_NOISE) -> ConceptSet:
 
 
 # -------------------------------------------------------- sequence concepts
+def _sequence_concept(
+    name: str,
+    readers: dict[str, Callable[[], list[str]]],
+    n_per_class: int,
+    seed: int,
+    twin_noise: float,
+    *,
+    source: str,
+    notes: Sequence[str] = (),
+) -> ConceptSet:
+    """A balanced sequence-level concept, one class per reader, with its character-noise twin."""
+    pools, dropped = _pools(readers)
+    texts, labels, balance_notes = _balanced(name, pools, n_per_class, seed)
+    cs = ConceptSet(
+        name=name,
+        level="sequence",
+        classes=list(pools),
+        texts=texts,
+        labels=labels,
+        dropped=dropped,
+        source=source,
+        seed=seed,
+        twin_shift=f"character noise, {twin_noise:.0%} of non-space characters substituted",
+        notes=[*balance_notes, *notes],
+    )
+    cs.twin = _noise_twin(cs, twin_noise)
+    return cs
+
+
+
 def build_language(
     n_per_class: int = DEFAULT_N_PER_CLASS,
     seed: int = 0,
@@ -257,22 +287,14 @@ def build_language(
         "en": lambda: english_fortunes(split="heldout", min_chars=min_chars),
         **{lang: (lambda lang=lang: foreign_fortunes(lang, min_chars=min_chars)) for lang in FOREIGN_LANGUAGES},
     }
-    pools, dropped = _pools(readers)
-    texts, labels, notes = _balanced("language", pools, n_per_class, seed)
-    cs = ConceptSet(
-        name="language",
-        level="sequence",
-        classes=list(pools),
-        texts=texts,
-        labels=labels,
-        dropped=dropped,
+    return _sequence_concept(
+        "language",
+        readers,
+        n_per_class,
+        seed,
+        twin_noise,
         source="fortunes, fortunes-min (held-out entries), fortunes-de/-es/-it/-pl/-ru/-zh",
-        seed=seed,
-        twin_shift=f"character noise, {twin_noise:.0%} of non-space characters substituted",
-        notes=notes,
     )
-    cs.twin = _noise_twin(cs, twin_noise)
-    return cs
 
 
 def build_source_kind(
@@ -294,22 +316,15 @@ def build_source_kind(
         "json": iso_json,
         "latex": latex,
     }
-    pools, dropped = _pools(readers)
-    texts, labels, notes = _balanced("source_kind", pools, n_per_class, seed)
-    cs = ConceptSet(
-        name="source_kind",
-        level="sequence",
-        classes=list(pools),
-        texts=texts,
-        labels=labels,
-        dropped=dropped,
+    return _sequence_concept(
+        "source_kind",
+        readers,
+        n_per_class,
+        seed,
+        twin_noise,
         source="fortunes (held-out), Python stdlib sources, iso-codes JSON, torch/sympy `.. math::` blocks",
-        seed=seed,
-        twin_shift=f"character noise, {twin_noise:.0%} of non-space characters substituted",
-        notes=[*notes, "classes differ in length and layout as well as in kind"],
+        notes=["classes differ in length and layout as well as in kind"],
     )
-    cs.twin = _noise_twin(cs, twin_noise)
-    return cs
 
 
 # ----------------------------------------------------------- token concepts
