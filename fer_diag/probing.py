@@ -1,0 +1,218 @@
+"""Linear probes on one vector per example: the functional core of the probe analyzer (DESIGN §5 "Probes").
+
+Everything here works on plain arrays ``X [n, d]`` (pooled activations, SAE
+latents or raw coordinates) and integer labels ``y [n]``; the streaming and the
+bookkeeping live in :mod:`fer_diag.analyzers.probes`.
+
+- A probe is scikit-learn's standardised logistic regression
+  (``StandardScaler`` → ``LogisticRegression``, L2, multinomial), scored by
+  stratified k-fold cross-validated predictions (:func:`cv_predict`).
+- A *k-sparse* probe first keeps the ``k`` features with the largest class-mean
+  difference on the training fold only (:class:`MeanDifferenceSelector`, inside
+  the fold's pipeline), as SAEBench's sparse probing (Gao et al. 2024; Karvonen
+  et al. 2025).
+- The control task (Hewitt & Liang 2019) trains the same probe on labels
+  shuffled once with a fixed seed; *selectivity* = accuracy − control accuracy,
+  so decodability is not just what a linear probe can memorise.
+- Transfer: fit on every in-distribution example, score the shifted twin.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.feature_selection import SelectorMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from fer_diag.errors import BadInputError
+from fer_diag.stats import percentile_ci
+
+#: Numbers of features of the k-sparse probes (SAEBench's sparse probing).
+K_SPARSE: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+
+
+class ProbeInputError(BadInputError):
+    """Labels or examples a probe cannot be trained on (one class, too few examples, NaN)."""
+
+
+def mean_difference_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r"""Per feature, the largest standardised one-vs-rest class-mean difference.
+
+    score_j = max_c |μ_{c,j} − μ_{¬c,j}| / (σ_j + ε), σ_j the feature's standard
+    deviation over all examples and ε = 1e-6 · max σ (a constant feature scores 0).
+    Standardising makes raw coordinates and SAE latents of different scales
+    comparable; the ranking within one basis of equal-scale features is
+    SAEBench's (unstandardised) mean difference.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    sd = X.std(axis=0)
+    eps = 1e-6 * float(sd.max()) if sd.size and sd.max() > 0 else 1.0
+    total = X.sum(axis=0)
+    best = np.zeros(X.shape[1])
+    for c in np.unique(y):
+        inside = y == c
+        n_in = int(inside.sum())
+        if n_in == len(y):
+            continue
+        mu_c = X[inside].mean(axis=0)
+        mu_rest = (total - mu_c * n_in) / (len(y) - n_in)
+        np.maximum(best, np.abs(mu_c - mu_rest), out=best)
+    return best / (sd + eps)
+
+
+def top_features(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` features with the largest :func:`mean_difference_scores`, best first (ties: lower index)."""
+    scores = mean_difference_scores(X, y)
+    return np.argsort(-scores, kind="stable")[: min(k, len(scores))]
+
+
+class MeanDifferenceSelector(SelectorMixin, BaseEstimator):
+    """Keep the ``k`` features with the largest class-mean difference on the data it is fitted on."""
+
+    def __init__(self, k: int = 10) -> None:
+        self.k = k
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> MeanDifferenceSelector:
+        self.selected_ = top_features(X, y, self.k)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self, "selected_")
+        mask = np.zeros(self.n_features_in_, dtype=bool)
+        mask[self.selected_] = True
+        return mask
+
+
+def make_probe(k: int | None = None, C: float = 1.0, seed: int = 0) -> Pipeline:
+    """Standardised L2 logistic regression, on the top-``k`` mean-difference features when ``k`` is given."""
+    steps = [] if k is None else [MeanDifferenceSelector(k)]
+    lr = LogisticRegression(C=C, max_iter=500, tol=1e-4, random_state=seed)
+    return make_pipeline(*steps, StandardScaler(), lr)
+
+
+def check_labels(y: np.ndarray, n_folds: int, what: str = "the probe") -> None:
+    """Refuse labels a stratified ``n_folds``-fold probe cannot use, naming the fix."""
+    counts = Counter(np.asarray(y).tolist())
+    if len(counts) < 2:
+        only = next(iter(counts), None)
+        raise ProbeInputError(
+            f"{what}: every example has the label {only!r}; a probe needs two classes at least: "
+            "add examples of another class"
+        )
+    few = {c: n for c, n in sorted(counts.items()) if n < n_folds}
+    if few:
+        raise ProbeInputError(
+            f"{what}: classes {few} have fewer examples than the {n_folds} folds; add examples to them "
+            f"or lower n_folds (the probe never drops a class)"
+        )
+
+
+def check_finite(X: np.ndarray, what: str) -> None:
+    if not np.isfinite(X).all():
+        raise ProbeInputError(f"{what}: the pooled activations contain NaN or Inf; run the model in float32")
+
+
+def cv_predict(
+    X: np.ndarray, y: np.ndarray, *, k: int | None = None, n_folds: int = 5, C: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """Stratified ``n_folds``-fold predictions of :func:`make_probe` (feature selection inside each fold)."""
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return cross_val_predict(make_probe(k, C, seed), X, y, cv=folds)
+
+
+def shuffled(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The control task's labels: ``y`` permuted once (same class sizes, no relation to the input)."""
+    return np.random.default_rng(seed).permutation(np.asarray(y))
+
+
+def wilson_ci(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % by default)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+@dataclass(frozen=True)
+class Score:
+    """Accuracy and macro-F1 of predictions, with 95 % CIs (Wilson; bootstrap over examples)."""
+
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    macro_f1: float
+    macro_f1_ci: tuple[float, float]
+    n: int
+
+
+def score(y: np.ndarray, pred: np.ndarray, *, n_boot: int = 200, seed: int = 0) -> Score:
+    """:class:`Score` of ``pred`` against ``y``."""
+    y = np.asarray(y)
+    pred = np.asarray(pred)
+    hits = int((pred == y).sum())
+    f1 = float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0))
+    if n_boot > 0 and len(y) > 1:
+        rng = np.random.default_rng(seed)
+        reps = [
+            f1_score(y[i], pred[i], average="macro", labels=np.unique(y), zero_division=0)
+            for i in rng.integers(0, len(y), size=(n_boot, len(y)))
+        ]
+        lo, hi = percentile_ci(np.asarray(reps))
+        f1_ci = (float(lo), float(hi))
+    else:
+        f1_ci = (float("nan"), float("nan"))
+    return Score(hits / len(y), wilson_ci(hits, len(y)), f1, f1_ci, len(y))
+
+
+def chance_accuracy(y: np.ndarray) -> float:
+    """Accuracy of always answering the most frequent class."""
+    return max(Counter(np.asarray(y).tolist()).values()) / len(y)
+
+
+@dataclass(frozen=True)
+class ProbeFit:
+    """A probe fitted on every example: its weights in the input's own units and its feature choice.
+
+    ``direction[c]`` is the weight vector of class ``c`` (``[1, d]`` for two
+    classes: the positive class) divided by the scaler's standard deviations, so
+    that ``X @ direction.T + intercept`` reproduces the decision function.
+    """
+
+    direction: np.ndarray
+    intercept: np.ndarray
+    features: np.ndarray
+    model: Pipeline
+
+
+def fit_probe(X: np.ndarray, y: np.ndarray, *, k: int | None = None, C: float = 1.0, seed: int = 0) -> ProbeFit:
+    """:func:`make_probe` fitted on all of ``X``; directions mapped back to input units (dense over all features)."""
+    model = make_probe(k, C, seed).fit(X, y)
+    scaler: StandardScaler = model[-2]
+    lr: LogisticRegression = model[-1]
+    features = model[0].get_support(indices=True) if k is not None else np.arange(X.shape[1])
+    w = lr.coef_ / scaler.scale_
+    direction = np.zeros((w.shape[0], X.shape[1]))
+    direction[:, features] = w
+    intercept = lr.intercept_ - w @ scaler.mean_
+    return ProbeFit(direction, intercept, np.asarray(features), model)
+
+
+def sparse_curve(
+    X: np.ndarray, y: np.ndarray, ks: Sequence[int] = K_SPARSE, *, n_folds: int = 5, C: float = 1.0, seed: int = 0
+) -> dict[int, float]:
+    """Cross-validated accuracy of the k-sparse probe for each ``k`` ≤ the number of features."""
+    return {
+        k: float((cv_predict(X, y, k=k, n_folds=n_folds, C=C, seed=seed) == y).mean()) for k in ks if k <= X.shape[1]
+    }
