@@ -31,7 +31,10 @@ Built-in concepts (:data:`CONCEPTS`, :func:`build_concepts`):
   character noise in the context before the token's word. Needs the tokenizer.
 
 User concepts: :func:`concepts_from_jsonl` reads ``{"text": …, "label": …}`` lines
-(sequence level).
+(sequence level), with ``"span": [start, end]`` for token level.
+
+:func:`concept_windows` turns a concept set into one token window per example
+(for a token-level one, cut right after the marked token).
 
 A concept whose corpus is missing is skipped by :func:`build_concepts` with the
 command that installs it (like :attr:`fer_diag.data.suite.Suite.skipped`); a
@@ -50,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from fer_diag.data.shifts import char_noise
 from fer_diag.data.sources import (
     FOREIGN_LANGUAGES,
@@ -63,7 +68,7 @@ from fer_diag.data.sources import (
     python_code,
     words,
 )
-from fer_diag.data.suite import SetKind, TextSet
+from fer_diag.data.suite import SetKind, TextSet, Windows, pad_token_of
 from fer_diag.errors import BadInputError, InputFileError, TextSetError
 
 Level = Literal["sequence", "token"]
@@ -227,13 +232,22 @@ def _pools(readers: dict[str, Callable[[], list[str]]]) -> tuple[dict[str, list[
 
 
 def _noise_twin(cs: ConceptSet, level: float = TWIN_NOISE) -> ConceptSet:
-    """``cs`` with ``level`` character noise in every text (same labels); sequence level only."""
+    """``cs`` with ``level`` character noise (same labels): in every text, or at token level before each span.
+
+    The noise substitutes characters one for one, so spans keep their offsets.
+    """
+    if cs.spans is None:
+        texts = char_noise(cs.texts, level, seed=cs.seed)
+    else:
+        heads = char_noise([t[:a] for t, (a, _) in zip(cs.texts, cs.spans, strict=True)], level, seed=cs.seed)
+        texts = [h + t[a:] for h, t, (a, _) in zip(heads, cs.texts, cs.spans, strict=True)]
     return ConceptSet(
         name=f"{cs.name}_twin",
         level=cs.level,
         classes=list(cs.classes),
-        texts=char_noise(cs.texts, level, seed=cs.seed),
+        texts=texts,
         labels=list(cs.labels),
+        spans=None if cs.spans is None else list(cs.spans),
         source=f"{cs.source}, character noise {level:.0%}",
         seed=cs.seed,
     )
@@ -267,7 +281,6 @@ def _sequence_concept(
     )
     cs.twin = _noise_twin(cs, twin_noise)
     return cs
-
 
 
 def build_language(
@@ -570,13 +583,101 @@ def build_token_kinds(
     return cs
 
 
+# ----------------------------------------------------------------- windows
+def concept_windows(
+    cs: ConceptSet,
+    tokenizer: Any,
+    seq_len: int = 128,
+    *,
+    bos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> Windows:
+    """One token window per example of ``cs``, for the probe analyzer.
+
+    Sequence level: BOS (when given) and the text's first ``seq_len - 1``
+    tokens. Token level: BOS and the tokens up to and including the marked one
+    (the token holding the span's last character, :func:`token_position`), so the
+    marked token is the window's last counted token; in a causal model the tokens
+    after it cannot change its activations, so cutting them changes nothing it
+    reads. Windows are as wide as the longest one (at most ``seq_len``);
+    ``source_index`` is the example's index. Raises
+    :class:`~fer_diag.errors.TextSetError` naming the example when a marked token
+    falls outside ``seq_len`` tokens or a text has no token.
+    """
+    if seq_len < 2:
+        raise BadInputError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}")
+    room = seq_len - (bos_token_id is not None)
+    if cs.level == "token":
+        _require_fast(tokenizer)
+        ids_list = []
+        for i, (text, (_, end)) in enumerate(zip(cs.texts, cs.spans or [], strict=True)):
+            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+            pos = _position([tuple(o) for o in enc["offset_mapping"]], end)
+            if pos is None:
+                raise TextSetError(f"concept {cs.name!r}, example {i}: no token covers its span {cs.spans[i]}")
+            if pos >= room:
+                raise TextSetError(
+                    f"concept {cs.name!r}, example {i}: the marked token is token {pos + 1} of the text, outside "
+                    f"the {seq_len}-token window; raise seq_len or shorten the context before the span"
+                )
+            ids_list.append(enc["input_ids"][: pos + 1])
+    else:
+        ids_list = [
+            ids[:room]
+            for ids in tokenizer([t[: 64 * seq_len] for t in cs.texts], add_special_tokens=False)["input_ids"]
+        ]
+        empty = [i for i, ids in enumerate(ids_list) if not ids]
+        if empty:
+            raise TextSetError(f"concept {cs.name!r}: example {empty[0]} has no token; remove empty texts")
+    prefix = [bos_token_id] if bos_token_id is not None else []
+    width = len(prefix) + max(len(ids) for ids in ids_list)
+    tokens = torch.full((len(ids_list), width), pad_token_of(tokenizer, pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(ids_list), width), dtype=torch.bool)
+    for r, ids in enumerate(ids_list):
+        row = prefix + list(ids)
+        if len(row) < 2:
+            raise TextSetError(
+                f"concept {cs.name!r}, example {r}: one token and no BOS; position 0 never counts, so give the "
+                "example some context before its marked token (or use a model with a BOS token)"
+            )
+        tokens[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[r, 1 : len(row)] = True  # position 0 / BOS never counts (DESIGN §5)
+    return Windows(cs.name, tokens, mask, torch.arange(len(ids_list)))
+
+
 # ------------------------------------------------------------ user concepts
 JSONL_EXAMPLE = '{"text": "…", "label": "positive"}'
+JSONL_SPAN_EXAMPLE = '{"text": "The cat sat", "label": "noun", "span": [4, 7], "span_text": "cat"}'
 
 
-def _read_labelled(p: Path, text_field: str, label_field: str) -> tuple[list[str], list[str | int]]:
+def _read_span(where: str, obj: dict, text: str) -> tuple[int, int] | None:
+    """The optional character span of a token-level example (``"span": [start, end]``, ``"span_text"`` checked)."""
+    if "span" not in obj:
+        if "span_text" in obj:
+            raise InputFileError(f"{where}: 'span_text' without 'span'; give the span too, e.g. {JSONL_SPAN_EXAMPLE}")
+        return None
+    span = obj["span"]
+    ok = isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+    if not ok or not 0 <= span[0] < span[1] <= len(text):
+        raise InputFileError(
+            f"{where}: span {json.dumps(span)} must be [start, end] character offsets with "
+            f"0 <= start < end <= {len(text)} (the text's length), e.g. {JSONL_SPAN_EXAMPLE}"
+        )
+    if "span_text" in obj and text[span[0] : span[1]] != obj["span_text"]:
+        raise InputFileError(
+            f"{where}: span {span} of the text is {text[span[0] : span[1]]!r}, not the span_text "
+            f"{obj['span_text']!r}; fix the offsets (0-based, end excluded, counted in characters, not bytes)"
+        )
+    return span[0], span[1]
+
+
+def _read_labelled(
+    p: Path, text_field: str, label_field: str
+) -> tuple[list[str], list[str | int], list[tuple[int, int]] | None]:
+    """Texts, labels and spans (None when no line has one; all lines or none must) of a concept file."""
     texts: list[str] = []
     labels: list[str | int] = []
+    spans: list[tuple[int, int] | None] = []
     for where, _, obj in jsonl_objects(p, JSONL_EXAMPLE):
         for key in (text_field, label_field):
             if key not in obj:
@@ -594,7 +695,17 @@ def _read_labelled(p: Path, text_field: str, label_field: str) -> tuple[list[str
             )
         texts.append(text)
         labels.append(label)
-    return texts, labels
+        spans.append(_read_span(where, obj, text))
+    given = [i for i, sp in enumerate(spans) if sp is not None]
+    if not given:
+        return texts, labels, None
+    if len(given) < len(spans):
+        missing = next(i for i, sp in enumerate(spans) if sp is None)
+        raise InputFileError(
+            f"{p}: example {missing + 1} has no span while others do; a token-level concept needs a span on "
+            f"every line, e.g. {JSONL_SPAN_EXAMPLE} (or none, for a sequence-level concept)"
+        )
+    return texts, labels, spans  # type: ignore[return-value]
 
 
 def concepts_from_jsonl(
@@ -608,7 +719,12 @@ def concepts_from_jsonl(
     text_field: str = "text",
     label_field: str = "label",
 ) -> ConceptSet:
-    """A sequence-level concept from a JSON-lines file of ``{"text": …, "label": …}`` objects.
+    """A concept from a JSON-lines file of ``{"text": …, "label": …}`` objects (token level with ``"span"``).
+
+    Sequence level by default; when the lines carry ``"span": [start, end]``
+    (character offsets, end excluded; optional ``"span_text"`` is checked
+    against the text) the concept is token level and the probe reads the token
+    holding the span's last character. All lines or none must have a span.
 
     Labels are strings or integers; the classes are their distinct values, sorted
     (integers numerically). Errors name the file, the line and the fix: a line
@@ -616,11 +732,12 @@ def concepts_from_jsonl(
     not a string or an integer (:class:`~fer_diag.errors.InputFileError`); a
     file with one class only, or a class with fewer than ``min_per_class``
     examples (:class:`~fer_diag.errors.TextSetError`). Twin: ``twin_path`` (same
-    format; its classes must be among this file's), else the same texts with
-    ``twin_noise`` character noise. Example order is the file's.
+    format and level; its classes must be among this file's), else the same
+    texts with ``twin_noise`` character noise (token level: in the text before
+    the span only, so the marked token itself is intact). Example order is the file's.
     """
     p = check_text_file(path)
-    texts, raw = _read_labelled(p, text_field, label_field)
+    texts, raw, spans = _read_labelled(p, text_field, label_field)
     if not texts:
         raise InputFileError(f"{p} holds no examples; write one JSON object per line, e.g. {JSONL_EXAMPLE}")
     values = sorted(set(raw), key=lambda v: (isinstance(v, str), v))
@@ -638,31 +755,37 @@ def concepts_from_jsonl(
         )
     index = {v: i for i, v in enumerate(values)}
     classes = [str(v) for v in values]
+    level: Level = "sequence" if spans is None else "token"
     cs = ConceptSet(
         name=name or p.stem,
-        level="sequence",
+        level=level,
         classes=classes,
         texts=texts,
         labels=[index[v] for v in raw],
+        spans=spans,
         source=str(p),
         seed=seed,
     )
     if twin_path is None:
         cs.twin = _noise_twin(cs, twin_noise)
-        cs.twin_shift = f"character noise, {twin_noise:.0%} of non-space characters substituted"
+        where = "" if spans is None else " before the span"
+        cs.twin_shift = f"character noise{where}, {twin_noise:.0%} of non-space characters substituted"
         return cs
     tp = check_text_file(twin_path)
-    t_texts, t_raw = _read_labelled(tp, text_field, label_field)
+    t_texts, t_raw, t_spans = _read_labelled(tp, text_field, label_field)
+    if (t_spans is None) != (spans is None):
+        raise TextSetError(f"{tp} and {p} must both have spans (token level) or both have none (sequence level)")
     unknown = sorted({str(v) for v in t_raw if v not in index})
     if unknown:
         raise TextSetError(f"{tp}: labels {unknown} are not classes of {p} ({classes}); use the same labels in both")
     cs.twin_shift = f"user-supplied: {tp} (other examples, not the same texts shifted)"
     cs.twin = ConceptSet(
         name=f"{cs.name}_twin",
-        level="sequence",
+        level=level,
         classes=classes,
         texts=t_texts,
         labels=[index[v] for v in t_raw],
+        spans=t_spans,
         source=str(tp),
         seed=seed,
     )

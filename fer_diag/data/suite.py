@@ -208,7 +208,7 @@ def tokenize_windows(
         raise TextSetError(
             f"text set {name!r} is empty: give it at least one text (a non-empty file, or a corpus that is installed)"
         )
-    pad = _pad_id(tokenizer, pad_token_id)
+    pad = pad_token_of(tokenizer, pad_token_id)
     room = seq_len - (bos_token_id is not None)
     keep: list[list[int]] = []
     index: list[int] = []
@@ -239,7 +239,7 @@ def tokenize_windows(
     return Windows(name, tokens, mask, source, cluster=cluster)
 
 
-def _pad_id(tokenizer, pad_token_id: int | None) -> int:
+def pad_token_of(tokenizer, pad_token_id: int | None) -> int:
     for cand in (pad_token_id, getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if cand is not None:
             return int(cand)
