@@ -44,13 +44,13 @@ class ProbeInputError(BadInputError):
     """Labels or examples a probe cannot be trained on (one class, too few examples, NaN)."""
 
 
-def mean_difference_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    r"""Per feature, the largest standardised one-vs-rest class-mean difference.
+def class_mean_differences(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Standardised one-vs-rest class-mean differences ``D [K, m]`` and the classes ``[K]`` they belong to.
 
-    score_j = max_c |μ_{c,j} − μ_{¬c,j}| / (σ_j + ε), σ_j the feature's standard
-    deviation over all examples and ε = 1e-6 · max σ (a constant feature scores 0).
+    D_{c,j} = (μ_{c,j} − μ_{¬c,j}) / (σ_j + ε), σ_j the feature's standard
+    deviation over all examples and ε = 1e-6 · max σ (a constant feature gets 0).
     Standardising makes raw coordinates and SAE latents of different scales
-    comparable; the ranking within one basis of equal-scale features is
+    comparable; within one basis of equal-scale features the ranking is
     SAEBench's (unstandardised) mean difference.
     """
     X = np.asarray(X, dtype=np.float64)
@@ -58,22 +58,31 @@ def mean_difference_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     sd = X.std(axis=0)
     eps = 1e-6 * float(sd.max()) if sd.size and sd.max() > 0 else 1.0
     total = X.sum(axis=0)
-    best = np.zeros(X.shape[1])
-    for c in np.unique(y):
+    classes = np.unique(y)
+    D = np.zeros((len(classes), X.shape[1]))
+    for i, c in enumerate(classes):
         inside = y == c
         n_in = int(inside.sum())
-        if n_in == len(y):
-            continue
-        mu_c = X[inside].mean(axis=0)
-        mu_rest = (total - mu_c * n_in) / (len(y) - n_in)
-        np.maximum(best, np.abs(mu_c - mu_rest), out=best)
-    return best / (sd + eps)
+        if n_in < len(y):
+            mu_c = X[inside].mean(axis=0)
+            D[i] = mu_c - (total - mu_c * n_in) / (len(y) - n_in)
+    return D / (sd + eps), classes
+
+
+def mean_difference_scores(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per feature, the largest absolute :func:`class_mean_differences` over classes."""
+    return np.abs(class_mean_differences(X, y)[0]).max(axis=0)
+
+
+def class_top_features(X: np.ndarray, y: np.ndarray, n: int) -> dict[int, list[int]]:
+    """Per class, the ``n`` features most *raised* in it (largest positive mean difference), best first."""
+    D, classes = class_mean_differences(X, y)
+    return {int(c): np.argsort(-D[i], kind="stable")[:n].tolist() for i, c in enumerate(classes)}
 
 
 def top_features(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` features with the largest :func:`mean_difference_scores`, best first (ties: lower index)."""
-    scores = mean_difference_scores(X, y)
-    return np.argsort(-scores, kind="stable")[: min(k, len(scores))]
+    return np.argsort(-mean_difference_scores(X, y), kind="stable")[:k]
 
 
 class MeanDifferenceSelector(SelectorMixin, BaseEstimator):
