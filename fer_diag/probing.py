@@ -192,17 +192,24 @@ def chance_accuracy(y: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ProbeFit:
-    """A probe fitted on every example: its weights in the input's own units and its feature choice.
+    """A probe fitted on every example, as plain arrays in the input's own units.
 
-    ``direction[c]`` is the weight vector of class ``c`` (``[1, d]`` for two
-    classes: the positive class) divided by the scaler's standard deviations, so
-    that ``X @ direction.T + intercept`` reproduces the decision function.
+    ``direction[c]`` is the weight vector of class ``classes[c]`` (``[1, d]`` for
+    two classes: the second class's) divided by the scaler's standard deviations,
+    so ``X @ direction.T + intercept`` is the decision function; ``features`` are
+    the columns it uses (all but ``k`` of them are zero for a k-sparse probe).
     """
 
     direction: np.ndarray
     intercept: np.ndarray
     features: np.ndarray
-    model: Pipeline
+    classes: np.ndarray
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        z = np.asarray(X, dtype=np.float64) @ self.direction.T + self.intercept
+        if z.shape[1] == 1:
+            return self.classes[(z[:, 0] > 0).astype(int)]
+        return self.classes[z.argmax(axis=1)]
 
 
 def fit_probe(X: np.ndarray, y: np.ndarray, *, k: int | None = None, C: float = 1.0, seed: int = 0) -> ProbeFit:
@@ -215,7 +222,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, k: int | None = None, C: float = 
     direction = np.zeros((w.shape[0], X.shape[1]))
     direction[:, features] = w
     intercept = lr.intercept_ - w @ scaler.mean_
-    return ProbeFit(direction, intercept, np.asarray(features), model)
+    return ProbeFit(direction, intercept, np.asarray(features), lr.classes_)
 
 
 def sparse_curve(

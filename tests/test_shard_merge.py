@@ -17,6 +17,7 @@ import pkgutil
 import numpy as np
 import pytest
 import torch
+from pydantic import BaseModel
 from sae_factory import make_sae
 from test_audit import WORDS
 
@@ -24,6 +25,7 @@ import fer_diag.analyzers as analyzers_pkg
 from fer_diag.analyzers.base import Analyzer
 from fer_diag.analyzers.baselines import BaselineAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer
+from fer_diag.analyzers.probes import ConceptSpec, ProbeAnalyzer
 from fer_diag.analyzers.sae_fidelity import SAEFidelityAnalyzer
 from fer_diag.analyzers.shifted_latents import ShiftedLatentsAnalyzer
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
@@ -45,6 +47,9 @@ def _factories(d_model: int, tokenizer) -> dict[type[Analyzer], callable]:
         BaselineAnalyzer: lambda: BaselineAnalyzer(max_seqs_per_set=64),
         SAEFidelityAnalyzer: lambda: SAEFidelityAnalyzer(saes, massive_dims={HOOKS[1]: [2]}, n_boot=0),
         ShiftedLatentsAnalyzer: lambda: ShiftedLatentsAnalyzer(n_contexts=3, context=2, tokenizer=tokenizer),
+        ProbeAnalyzer: lambda: ProbeAnalyzer(
+            (ConceptSpec("topic", "sequence", ("low", "high"), twin="topic_twin"),), n_folds=2, ks=(1, 2), n_boot=20
+        ),
     }, saes
 
 
@@ -62,6 +67,8 @@ def _all_analyzer_classes() -> set[type[Analyzer]]:
 
 def _plain(x):
     """Results as nested lists / dicts / scalars, so that two of them can be compared generically."""
+    if isinstance(x, BaseModel):
+        return _plain(x.model_dump())
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
         return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
     if isinstance(x, dict):
@@ -106,6 +113,9 @@ def sharded(tiny_hooked):
             TextSet("id", SetKind.IN_DISTRIBUTION, texts=texts(10)),
             TextSet("noise", SetKind.SHIFTED, texts=texts(9, scramble=True)),
             TextSet("g1", SetKind.GRADED, texts=texts(7, scramble=True), level=1.0, axis="shift"),
+            # a labelled concept and its twin, for the probes: half the texts scrambled (label 1)
+            TextSet("topic", SetKind.SHIFTED, texts=texts(6) + texts(6, scramble=True), labels=[0] * 6 + [1] * 6),
+            TextSet("topic_twin", SetKind.SHIFTED, texts=texts(4) + texts(4, scramble=True), labels=[0] * 4 + [1] * 4),
         ]
     )
     tok = tiny_hooked.tokenizer
@@ -136,7 +146,7 @@ def test_every_analyzer_is_covered(sharded):
 
 @pytest.mark.parametrize(
     "cls",
-    [SparsityAnalyzer, MassiveAnalyzer, BaselineAnalyzer, SAEFidelityAnalyzer, ShiftedLatentsAnalyzer],
+    [SparsityAnalyzer, MassiveAnalyzer, BaselineAnalyzer, SAEFidelityAnalyzer, ShiftedLatentsAnalyzer, ProbeAnalyzer],
     ids=lambda c: c.__name__,
 )
 def test_merged_shards_equal_one_pass(sharded, cls):

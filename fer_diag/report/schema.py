@@ -23,6 +23,7 @@ from fer_diag.report.sections import (
     ControlSection,
     FamiliaritySection,
     MassiveSection,
+    ProbeSection,
     SAEFidelitySection,
     ShiftedLatentsSection,
     SparsitySection,
@@ -32,7 +33,7 @@ from fer_diag.report.sections import (
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"  # 2.1: probes section
 
 
 class ReportVersionError(FerDiagError, ValueError):
@@ -98,6 +99,7 @@ class Report(BaseModel):
     shifted_latents: ShiftedLatentsSection | None = Field(None, description="present when SAEs were audited")
     control: ControlSection | None = Field(None, description="trained vs random-init comparison")
     verdict: VerdictSection | None = Field(None, description="can each sparsity signal be trusted here, and why")
+    probes: ProbeSection | None = Field(None, description="linear decodability of concepts per hook and basis")
     plots: dict[str, str] = Field(default_factory=dict, description="plot name → file (relative to report)")
 
     @field_validator(*SECTIONS, mode="before")

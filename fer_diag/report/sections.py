@@ -357,6 +357,58 @@ class ControlSection(Section):
 
 # --------------------------------------------------------------------------- verdict
 Status = Literal["TRUSTED", "CAUTION", "UNTRUSTED"]
+class ConceptInfo(Section):
+    """A concept set the probes were trained on (``fer_diag.data.concepts``)."""
+
+    name: str
+    level: Literal["sequence", "token"]
+    classes: list[str]
+    n_per_class: dict[str, int] = Field(description="examples per class in-distribution (after the reservoir cap)")
+    n_twin: int = Field(description="examples of the shifted twin")
+    source: str
+    twin_shift: str
+    dropped: list[str] = Field(description="classes left out, each with its reason")
+    notes: list[str]
+
+
+class ProbeRow(Section):
+    """A linear probe for one concept at one hook in one basis (:mod:`fer_diag.probing`)."""
+
+    concept: str
+    hook: str
+    basis: str
+    n: int
+    n_classes: int
+    chance: Real = Field(description="accuracy of always answering the most frequent class")
+    accuracy: Real = Field(description="stratified k-fold cross-validated accuracy")
+    accuracy_ci: tuple[Real, Real] = Field(description="Wilson 95 % interval over examples")
+    macro_f1: Real
+    macro_f1_ci: tuple[Real, Real] = Field(description="bootstrap over examples")
+    control_accuracy: Real = Field(description="the same probe on shuffled labels (Hewitt & Liang's control task)")
+    selectivity: Real = Field(description="accuracy − control_accuracy")
+    sparse_accuracy: dict[int, Real] = Field(
+        description="k → CV accuracy of the k-sparse probe (features by class-mean difference on the training fold)"
+    )
+    transfer_accuracy: Real | None = Field(description="trained on all in-distribution examples, scored on the twin")
+    transfer_drop: Real | None = Field(description="accuracy − transfer_accuracy")
+    n_twin: int
+    top_features: dict[str, list[int]] = Field(
+        description="class → features (SAE latents / coordinates) most raised in it, best first"
+    )
+
+
+class ProbeSection(Section):
+    """Linear decodability of concepts per hook and basis (DESIGN §5 "Probes")."""
+
+    n_folds: int
+    ks: list[int]
+    max_per_class: int
+    C: float = Field(description="inverse L2 strength of the logistic regression")
+    concepts: list[ConceptInfo]
+    skipped: list[str] = Field(description="concepts not run, each with the reason / fix")
+    rows: list[ProbeRow]
+
+
 #: blocking flags of the verdict, most decisive first (:mod:`fer_diag.verdict`)
 BLOCKING = ("no_signal", "sae_unfaithful", "basis_dependent", "massive", "length_confounded")
 
@@ -450,4 +502,5 @@ SECTIONS: dict[str, type[Section]] = {
     "shifted_latents": ShiftedLatentsSection,
     "control": ControlSection,
     "verdict": VerdictSection,
+    "probes": ProbeSection,
 }

@@ -1,0 +1,245 @@
+"""Probe analyzer: can a linear probe read a concept from a hook, in raw coordinates and in SAE latents?
+
+Streaming part: for every window of a concept set (or its shifted twin) the
+analyzer keeps one vector per example and hook and basis — the mean over the
+counted tokens for a sequence-level concept, the window's last counted token
+(the marked one, :func:`~fer_diag.data.concepts.concept_windows`) for a
+token-level one — in bounded per-class reservoirs (the ``max_per_class``
+lowest-numbered windows of each class; exact to merge). Memory: at most
+``max_per_class × classes × (d_model or d_sae)`` floats per concept, hook and basis.
+
+``compute()`` runs the probes of :mod:`fer_diag.probing` (scikit-learn) on the
+reservoirs: cross-validated accuracy and macro-F1 with CIs, the shuffled-label
+control (selectivity), k-sparse probes at ``sparse_hooks``, transfer to the
+twin, and per class the features most raised in it. The fitted probes (their
+directions in the hook's own units) are kept in the result for the FER scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.persequence import SequenceSample
+from fer_diag.capture import ActivationBatch
+from fer_diag.data.concepts import ConceptSet, Level
+from fer_diag.probing import (
+    K_SPARSE,
+    ProbeFit,
+    ProbeInputError,
+    chance_accuracy,
+    check_finite,
+    check_labels,
+    class_top_features,
+    cv_predict,
+    fit_probe,
+    score,
+    shuffled,
+    sparse_curve,
+)
+from fer_diag.report.sections import ConceptInfo, ProbeRow, ProbeSection
+
+
+@dataclass(frozen=True)
+class ConceptSpec:
+    """What the analyzer knows of a concept set: name, level, classes, twin set and provenance (plain data)."""
+
+    name: str
+    level: Level
+    classes: tuple[str, ...]
+    twin: str | None = None
+    source: str = ""
+    twin_shift: str = ""
+    dropped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cs: ConceptSet) -> ConceptSpec:
+        return cls(
+            cs.name,
+            cs.level,
+            tuple(cs.classes),
+            cs.twin.name if cs.twin is not None else None,
+            cs.source,
+            cs.twin_shift,
+            tuple(cs.dropped),
+            tuple(cs.notes) + (tuple(cs.twin.notes) if cs.twin is not None else ()),
+        )
+
+
+@dataclass
+class ProbeResult:
+    """The report section and, per ``(concept, hook, basis)``, the probe fitted on every in-distribution example."""
+
+    section: ProbeSection
+    fits: dict[tuple[str, str, str], ProbeFit] = field(default_factory=dict)
+
+
+def pooled(batch: ActivationBatch, level: Level) -> dict[str, torch.Tensor]:
+    """One vector per window and hook: the mean over counted tokens (sequence) or the last counted token (token)."""
+    if level == "token":
+        rows = torch.arange(len(batch.mask))
+        last = batch.last_index()
+        return {h: a[rows, last] for h, a in batch.acts.items()}
+    w = batch.mask.unsqueeze(-1).float()
+    n = w.sum(1).clamp(min=1)
+    return {h: (a * w).sum(1) / n for h, a in batch.acts.items()}
+
+
+class ProbeAnalyzer(Analyzer):
+    """Linear probes per concept × hook × basis (DESIGN §5 "Probes"; module docstring).
+
+    Parameters
+    ----------
+    concepts: the concept sets' :class:`ConceptSpec` s; batches of other sets are ignored.
+    max_per_class: reservoir size per class, hook and basis.
+    n_folds: stratified folds of the cross-validation; every class needs at least this many examples.
+    ks: sizes of the k-sparse probes.
+    sparse_hooks: hooks that get the k-sparse probes (None: every hook).
+    C: inverse L2 strength of the logistic regression.
+    n_boot: bootstrap resamples of the macro-F1 CI.
+    top_n: features listed per class.
+    seed: folds, shuffled control labels and bootstraps.
+    """
+
+    name = "probes"
+    reads = frozenset({Reading.RAW, Reading.SAE})
+
+    def __init__(
+        self,
+        concepts: tuple[ConceptSpec, ...],
+        max_per_class: int = 256,
+        n_folds: int = 5,
+        ks: tuple[int, ...] = K_SPARSE,
+        sparse_hooks: tuple[str, ...] | None = None,
+        C: float = 1.0,
+        n_boot: int = 200,
+        top_n: int = 5,
+        seed: int = 0,
+    ) -> None:
+        if n_folds < 2:
+            raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+        self.concepts = tuple(concepts)
+        self.max_per_class = max_per_class
+        self.n_folds = n_folds
+        self.ks = tuple(ks)
+        self.sparse_hooks = None if sparse_hooks is None else tuple(sparse_hooks)
+        self.C = C
+        self.n_boot = n_boot
+        self.top_n = top_n
+        self.seed = seed
+        self._sets = {c.name: c for c in self.concepts} | {c.twin: c for c in self.concepts if c.twin}
+        #: (set, hook, basis, label) → the reservoir of that class
+        self.add_state("samples", {}, "merge")
+
+    def update(self, batch: ActivationBatch) -> None:
+        spec = self._sets.get(batch.set_name)
+        if spec is None:
+            return
+        if batch.labels is None:
+            raise ValueError(f"concept set {batch.set_name!r} reached the probe analyzer without labels")
+        labels = batch.labels.numpy()
+        seq = batch.seq_index.numpy()
+        n_tokens = batch.mask.sum(1).numpy()
+        for hook, vec in pooled(batch, spec.level).items():
+            values = vec.float().numpy()
+            for label in np.unique(labels):
+                rows = labels == label
+                key = (batch.set_name, hook, batch.basis, int(label))
+                if key not in self.samples:
+                    self.samples[key] = SequenceSample(values.shape[1], self.max_per_class)
+                self.samples[key].add(seq[rows], None, n_tokens[rows], values[rows])
+
+    def examples(self, set_name: str, hook: str, basis: str) -> tuple[np.ndarray, np.ndarray]:
+        """``X [n, d]`` and labels ``y [n]`` of one set at one hook in one basis, by class then window."""
+        keys = sorted(k for k in self.samples if k[:3] == (set_name, hook, basis))
+        if not keys:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        parts = [self.samples[k].arrays()[3] for k in keys]
+        y = np.concatenate([np.full(len(p), k[3]) for k, p in zip(keys, parts, strict=True)])
+        return np.concatenate(parts), y
+
+    def compute(self) -> ProbeResult:
+        rows: list[ProbeRow] = []
+        fits: dict[tuple[str, str, str], ProbeFit] = {}
+        infos: list[ConceptInfo] = []
+        for spec in self.concepts:
+            places = sorted({(k[1], k[2]) for k in self.samples if k[0] == spec.name})
+            for hook, basis in places:
+                row, fit = self._probe(spec, hook, basis)
+                rows.append(row)
+                fits[(spec.name, hook, basis)] = fit
+            if places:
+                _, y = self.examples(spec.name, *places[0])
+                n_twin = len(self.examples(spec.twin, *places[0])[1]) if spec.twin else 0
+                infos.append(
+                    ConceptInfo(
+                        name=spec.name,
+                        level=spec.level,
+                        classes=list(spec.classes),
+                        n_per_class={c: int((y == i).sum()) for i, c in enumerate(spec.classes)},
+                        n_twin=n_twin,
+                        source=spec.source,
+                        twin_shift=spec.twin_shift,
+                        dropped=list(spec.dropped),
+                        notes=list(spec.notes),
+                    )
+                )
+        section = ProbeSection(
+            n_folds=self.n_folds,
+            ks=list(self.ks),
+            max_per_class=self.max_per_class,
+            C=self.C,
+            concepts=infos,
+            skipped=[],
+            rows=rows,
+        )
+        return ProbeResult(section, fits)
+
+    def _probe(self, spec: ConceptSpec, hook: str, basis: str) -> tuple[ProbeRow, ProbeFit]:
+        X, y = self.examples(spec.name, hook, basis)
+        what = f"concept {spec.name!r} at {hook} ({basis})"
+        missing = [c for i, c in enumerate(spec.classes) if not (y == i).any()]
+        if missing:
+            raise ProbeInputError(
+                f"{what}: no example of classes {missing} reached the probe; give every class examples "
+                "(the probe never drops a class)"
+            )
+        check_labels(y, self.n_folds, what)
+        check_finite(X, what)
+        kw = {"n_folds": self.n_folds, "C": self.C, "seed": self.seed}
+        s = score(y, cv_predict(X, y, **kw), n_boot=self.n_boot, seed=self.seed)
+        control = float((cv_predict(X, yc := shuffled(y, self.seed), **kw) == yc).mean())
+        sparse = {}
+        if self.sparse_hooks is None or hook in self.sparse_hooks:
+            sparse = sparse_curve(X, y, self.ks, **kw)
+        fit = fit_probe(X, y, C=self.C, seed=self.seed)
+        X_t, y_t = self.examples(spec.twin, hook, basis) if spec.twin else (np.zeros((0, 0)), np.zeros(0))
+        transfer = None
+        if len(y_t):
+            check_finite(X_t, f"the twin of {what}")
+            transfer = float((fit.predict(X_t) == y_t).mean())
+        top = class_top_features(X, y, self.top_n)
+        row = ProbeRow(
+            concept=spec.name,
+            hook=hook,
+            basis=basis,
+            n=len(y),
+            n_classes=len(np.unique(y)),
+            chance=chance_accuracy(y),
+            accuracy=s.accuracy,
+            accuracy_ci=s.accuracy_ci,
+            macro_f1=s.macro_f1,
+            macro_f1_ci=s.macro_f1_ci,
+            control_accuracy=control,
+            selectivity=s.accuracy - control,
+            sparse_accuracy=sparse,
+            transfer_accuracy=transfer,
+            transfer_drop=None if transfer is None else s.accuracy - transfer,
+            n_twin=len(y_t),
+            top_features={spec.classes[c]: feats for c, feats in top.items()},
+        )
+        return row, fit
