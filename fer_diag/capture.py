@@ -76,6 +76,8 @@ class ActivationBatch:
     #: CE-loss sums per hook (:class:`fer_diag.basis.CESums`) of this batch's windows with
     #: ``seq_index`` below the pipeline's ``ce_windows``; None when none of them is
     ce: dict | None = None
+    #: the full logits ``[batch, pos, vocab]`` (model device and dtype), only with ``Capture(keep_logits=True)``
+    logits: torch.Tensor | None = None
 
     @property
     def hooks(self) -> list[str]:
@@ -197,6 +199,8 @@ class Capture:
 
     ``need_logits`` runs the whole model and attaches per-token NLL, predictive
     entropy and max-probability (the perplexity baselines of DESIGN §5).
+    ``keep_logits`` (implies ``need_logits``) also attaches the logits themselves, for
+    measures that need two models' whole distributions (:mod:`fer_diag.compare`).
     """
 
     model: object
@@ -204,9 +208,11 @@ class Capture:
     batch_size: int = 8
     need_logits: bool = False
     check_finite: bool = True
+    keep_logits: bool = False
 
     def __post_init__(self) -> None:
         self.hooks = resolve_hooks(self.model, self.hooks)
+        self.need_logits = self.need_logits or self.keep_logits
 
     @property
     def device(self) -> torch.device:
@@ -247,6 +253,8 @@ class Capture:
             )
             if stop is None and out is not None:
                 batch.token_nll, batch.token_entropy, batch.token_maxprob = token_readouts(out, tokens)
+                if self.keep_logits:
+                    batch.logits = out
             yield batch
 
     @torch.inference_mode()
