@@ -205,6 +205,100 @@ def audit(
 
 
 @app.command()
+def compare(
+    model_a: Annotated[str, typer.Argument(help="model A: zoo name (see `fer-diag models`)")] = "smollm2-135m",
+    model_b: Annotated[
+        str, typer.Argument(help="model B: rotated:SEED (rotation of A), random-init[:SEED], or a zoo name")
+    ] = "rotated:0",
+    hooks: Annotated[
+        list[str] | None, typer.Option("--hooks", "-H", help="similarity hooks of A; default every resid_post")
+    ] = None,
+    hooks_b: Annotated[list[str] | None, typer.Option("--hooks-b", help="similarity hooks of B; default A's")] = None,
+    sae: Annotated[list[str] | None, typer.Option("--sae", help="sae-lens SAE folder for A's audit")] = None,
+    sae_b: Annotated[list[str] | None, typer.Option("--sae-b", help="sae-lens SAE folder for B's audit")] = None,
+    default_saes: Annotated[
+        bool, typer.Option("--default-saes/--no-default-saes", help="use the shipped default SAEs of zoo models")
+    ] = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="comparison folder")] = Path("fer-diag-compare"),
+    max_seqs: Annotated[int, typer.Option(help="windows per text set for behaviour and similarity")] = 8,
+    audit_max_seqs: Annotated[int, typer.Option(help="windows per text set in each model's audit")] = 10,
+    seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
+    batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 8,
+    token_samples: Annotated[int, typer.Option(help="token positions sampled for token-level similarity")] = 1024,
+    token_level: Annotated[
+        bool | None,
+        typer.Option("--token-level/--no-token-level", help="token-level measures (default: on for one tokenizer)"),
+    ] = None,
+    knn_k: Annotated[int, typer.Option(help="neighbours of the mutual k-NN alignment")] = 10,
+    audit: Annotated[bool, typer.Option(help="audit both models and put the diagnostics side by side")] = True,
+    device: Annotated[str, typer.Option()] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON comparison to stdout")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Compare two models on one suite: same behaviour? different inside? (CKA, mutual k-NN, audits side by side)."""
+    from fer_diag.audit import AuditConfig
+    from fer_diag.compare import CompareConfig, check_pair_spec, compare_audit_config
+    from fer_diag.compare import compare as run_compare
+
+    try:  # everything that can be checked without the models, before they load
+        audit_config = None
+        if audit:
+            updates = {"max_seqs": audit_max_seqs, "seq_len": seq_len, "default_saes": default_saes}
+            values = compare_audit_config().model_dump() | updates | {"seed": seed, "device": device}
+            audit_config = _build_config(AuditConfig, **values)
+        config = _build_config(
+            CompareConfig,
+            hooks=hooks or None,
+            hooks_b=hooks_b or None,
+            max_seqs=max_seqs,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            token_samples=token_samples,
+            token_level=token_level,
+            knn_k=knn_k,
+            seed=seed,
+            device=device,
+            audit=audit_config,
+        )
+        from fer_diag.capture import check_hook_kinds
+        from fer_diag.models import check_available, check_seq_len
+
+        check_seq_len(model_a, seq_len)
+        check_available(model_a)
+        check_pair_spec(model_b)
+        check_hook_kinds([*(hooks or []), *(hooks_b or [])])
+        if sae or sae_b:
+            from fer_diag.sae.loading import check_sae_spec
+
+            for spec in [*(sae or []), *(sae_b or [])]:
+                check_sae_spec(spec)
+        _check_out_dir(out)
+    except FerDiagError as exc:
+        _fail(exc)
+    try:
+        result = run_compare(
+            model_a,
+            model_b,
+            saes_a=list(sae) if sae else None,
+            saes_b=list(sae_b) if sae_b else None,
+            config=config,
+            out_dir=out,
+        )
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: each finished audit text set is kept in {out}; re-run to resume.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except _user_errors() as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        from fer_diag.report.comparison_render import print_comparison
+
+        print_comparison(result, Console())
+        console.print(f"comparison written to [bold]{out}[/] (comparison.json, comparison.md, comparison.html, a/, b/)")
+
+
+@app.command()
 def models(
     hooks: Annotated[str | None, typer.Option(help="list the hook names of this zoo model (loads it)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,

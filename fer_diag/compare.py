@@ -111,7 +111,7 @@ class IdenticalThresholds(BaseModel):
     )
 
 
-def _compare_audit() -> AuditConfig:
+def compare_audit_config() -> AuditConfig:
     """The audit of each model inside a comparison: fewer windows, no random-init control, lighter bootstrap."""
     return AuditConfig(max_seqs=10, random_init_control=False, n_boot=200, ce_windows=2)
 
@@ -137,7 +137,7 @@ class CompareConfig(BaseModel):
     device: str = "cpu"
     identical: IdenticalThresholds = Field(default_factory=IdenticalThresholds)
     audit: AuditConfig | None = Field(
-        default_factory=_compare_audit, description="the audit run on each model (None: no side-by-side diagnostics)"
+        default_factory=compare_audit_config, description="each model's audit (None: no side-by-side diagnostics)"
     )
 
 
