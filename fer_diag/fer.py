@@ -52,11 +52,13 @@ Entanglement
     value clip(mean_{K≠A} drop_K / drop_A, 0, 1). None with one concept, or when
     the ablation costs A less than ``min_own_drop``.
   * modularity deficit: the co-activation graph of all concepts' selective
-    latents, each latent in the community of the concept it is most selective
-    for; the concept's term of Newman's modularity Q_A = L_A/m − x², x = d_A/2m
-    (Σ_A Q_A = ``networkx.community.modularity``), normalised by its maximum at
-    that degree share, q_A = Q_A/(x − x²) = (2L_A/d_A − x)/(1 − x) (1: all of A's
-    edges inside A; 0: chance). Value 1 − clip(q_A, 0, 1).
+    latents, a latent belonging to each concept it is selective for with share
+    α = 1/(number of those concepts) (overlapping communities, Nicosia et al.
+    2009); the concept's modularity term Q_A = L_A/m − x², L_A = Σ_edges w α_u α_v,
+    x = Σ_v α_v k_v / 2m (one-hot α: Newman's term, Σ_A Q_A =
+    ``networkx.community.modularity``), normalised by its maximum at that degree
+    share, q_A = Q_A/(x − x²) (1: all of A's edges inside A; 0: chance, e.g. every
+    latent shared by all concepts). Value 1 − clip(q_A, 0, 1).
 
 Co-activation graph (:func:`coactivation_graph`): nodes are selective latents;
 an edge joins two latents whose firing (value > 0) over the per-example vectors
@@ -325,17 +327,21 @@ def graph_fragmentation(graph: nx.Graph, per_class: Sequence[np.ndarray]) -> Com
     return Component(value=float(np.mean(values)), detail={"classes": float(len(values))})
 
 
-def modularity_deficit(graph: nx.Graph, community: str, key: str = "concept") -> Component:
-    """1 − clip(Q_A/(x − x²), 0, 1) for the nodes whose ``key`` attribute is ``community`` (module docstring)."""
+def modularity_deficit(graph: nx.Graph, membership: dict[int, float]) -> Component:
+    """1 − clip(Q_A/(x − x²), 0, 1), Q_A the concept's (overlapping) modularity term (module docstring).
+
+    ``membership[v]`` ∈ [0, 1] is α_v, node v's share in the concept (absent: 0).
+    L_A = Σ_edges w_uv α_u α_v, d_A = Σ_v α_v k_v, x = d_A/2m, Q_A = L_A/m − x².
+    """
     m = graph.size(weight="weight")
-    inside = {v for v, c in graph.nodes(data=key) if c == community}
     if m <= 0:
         return _none("the co-activation graph has no edge")
-    d_a = sum(d for _, d in graph.degree(inside, weight="weight"))
+    alpha = {v: membership.get(v, 0.0) for v in graph}
+    d_a = sum(alpha[v] * k for v, k in graph.degree(weight="weight"))
     if d_a <= 0:
         return _none("the concept's latents have no co-activation edge")
+    l_a = sum(w * alpha[u] * alpha[v] for u, v, w in graph.edges(data="weight"))
     x = d_a / (2 * m)
-    l_a = graph.subgraph(inside).size(weight="weight")
     q_a = l_a / m - x * x
     q_norm = 1.0 if x >= 1 else q_a / (x - x * x)
     return Component(value=1.0 - float(np.clip(q_norm, 0, 1)), detail={"q_term": q_a, "degree_share": x})
@@ -410,14 +416,18 @@ def _analyse(
     concepts: Sequence[ConceptActivations], decoder: np.ndarray | None, cfg: FERConfig
 ) -> tuple[list[dict[str, Component]], list[_Selectivity], nx.Graph]:
     sel = [_selectivity(c.X, c.y, cfg) for c in concepts]
-    home: dict[int, tuple[float, str, str]] = {}
-    for c, s in zip(concepts, sel, strict=True):
+    concept_of: dict[int, list[int]] = {}  # latent → the concepts it is selective for
+    for a, s in enumerate(sel):
         for j in s.latents:
-            best = int(np.argmax(s.D[:, j]))
-            if j not in home or s.D[best, j] > home[j][0]:
-                home[int(j)] = (float(s.D[best, j]), c.name, c.classes[best])
-    attributes = {j: {"concept": name, "class": cls, "selectivity": d} for j, (d, name, cls) in home.items()}
-    graph = coactivation_graph(_distinct([c.X for c in concepts]), sorted(home), cfg, attributes)
+            concept_of.setdefault(int(j), []).append(a)
+    attributes = {}
+    for j, owners in concept_of.items():
+        best = max(owners, key=lambda a: sel[a].D[:, j].max())
+        cls = int(np.argmax(sel[best].D[:, j]))
+        names = ",".join(concepts[a].name for a in owners)
+        attributes[j] = {"concept": concepts[best].name, "class": concepts[best].classes[cls], "concepts": names}
+        attributes[j]["selectivity"] = float(sel[best].D[cls, j])
+    graph = coactivation_graph(_distinct([c.X for c in concepts]), sorted(concept_of), cfg, attributes)
     drops = _ablation_drops(concepts, [s.latents for s in sel], cfg)
     results = []
     for a, (c, s) in enumerate(zip(concepts, sel, strict=True)):
@@ -434,7 +444,9 @@ def _analyse(
                 "graph_fragmentation": graph_fragmentation(graph, s.per_class),
                 "mixed_selectivity": mixed_selectivity(s.latents, sel),
                 "cross_talk": cross_talk(drops, a, cfg),
-                "modularity_deficit": modularity_deficit(graph, c.name),
+                "modularity_deficit": modularity_deficit(
+                    graph, {j: 1 / len(owners) for j, owners in concept_of.items() if a in owners}
+                ),
             }
         )
     return results, sel, graph
