@@ -446,7 +446,9 @@ def _analyse(
                 "cross_talk": cross_talk(drops, a, cfg),
                 "modularity_deficit": modularity_deficit(
                     graph, {j: 1 / len(owners) for j, owners in concept_of.items() if a in owners}
-                ),
+                )
+                if len(concepts) > 1
+                else _none("modularity by concept needs other concepts at the same hook"),
             }
         )
     return results, sel, graph

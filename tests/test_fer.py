@@ -1,0 +1,202 @@
+"""FER scores: invariances, hand-computed graph cases, the None reasons and the report-facing API (issue 10)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import networkx as nx
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from fer_diag.errors import BadInputError
+from fer_diag.fer import (
+    ENTANGLEMENT,
+    FRACTURE,
+    ConceptActivations,
+    FERConfig,
+    FERScores,
+    coactivation_graph,
+    context_fracture,
+    cross_talk,
+    fer_scores,
+    fragmentation,
+    modularity_deficit,
+    split_count,
+)
+from fer_diag.synthetic import SyntheticConfig, make_world
+from fer_diag.transforms import haar_orthogonal
+
+COMPONENTS = (*FRACTURE, *ENTANGLEMENT)
+
+
+def activations(world) -> list[ConceptActivations]:
+    return [
+        ConceptActivations(c.name, c.level, c.classes, c.latents, c.labels, c.latents_twin, c.labels_twin, c.raw)
+        for c in world.concepts
+    ]
+
+
+def table(scores: list[FERScores]) -> np.ndarray:
+    """[concept, component…, index], NaN where a component is None."""
+    value = [[getattr(s, k).value for k in COMPONENTS] + [s.index] for s in scores]
+    return np.array([[np.nan if v is None else v for v in row] for row in value])
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(SyntheticConfig(fracture=2, entanglement=0.5, n_per_class=100))
+
+
+@pytest.fixture(scope="module")
+def base(world) -> np.ndarray:
+    with threadpool_limits(1):
+        return table(fer_scores(activations(world), world.encoder.W_dec, FERConfig(n_boot=0)))
+
+
+def relabelled(world, f):
+    """The concepts with every latent vector (ID and twin) mapped by ``f``; one shared array per set, as generated."""
+    concepts = activations(world)
+    X, X_twin = f(concepts[0].X), f(concepts[0].X_twin)
+    return [replace(c, X=X, X_twin=X_twin) for c in concepts]
+
+
+def scored(concepts, decoder) -> np.ndarray:
+    with threadpool_limits(1):
+        return table(fer_scores(concepts, decoder, FERConfig(n_boot=0)))
+
+
+# --- invariances (measured: permutation and rescaling 0 exactly; rotation ≤ 0.003 on absorption, 3e-4 on the index)
+
+
+def test_index_is_invariant_to_permuting_latents(world, base):
+    perm = np.random.default_rng(1).permutation(world.encoder.W_dec.shape[0])
+    moved = scored(relabelled(world, lambda X: X[:, perm]), world.encoder.W_dec[perm])
+    np.testing.assert_allclose(moved, base, atol=1e-9)
+
+
+def test_index_is_invariant_to_rescaling_latents(world, base):
+    """f_j → s_j f_j with decoder rows W_j → W_j / s_j: the same reconstruction, the same scores."""
+    s = np.random.default_rng(2).uniform(0.1, 10.0, world.encoder.W_dec.shape[0])
+    moved = scored(relabelled(world, lambda X: X * s), world.encoder.W_dec / s[:, None])
+    np.testing.assert_allclose(moved, base, atol=1e-9)
+
+
+def test_index_is_invariant_to_a_function_preserving_rotation(world, base):
+    """Raw vectors and decoder rotated by Q (the SAE rotated to match reads the same latents).
+
+    Only absorption reads the raw basis, through the standardised raw probe, whose
+    per-coordinate scaling is not rotation-equivariant: it moves a little.
+    """
+    q = haar_orthogonal(world.encoder.W_dec.shape[1], seed=3).numpy()
+    moved = scored([replace(c, raw=c.raw @ q) for c in activations(world)], world.encoder.W_dec @ q)
+    np.testing.assert_allclose(moved[:, -1], base[:, -1], atol=0.01)
+    np.testing.assert_allclose(moved, base, atol=0.02)
+    others = [i for i, k in enumerate(COMPONENTS) if k != "absorption"]
+    np.testing.assert_allclose(moved[:, others], base[:, others], atol=1e-9)
+
+
+# --- hand-computed cases --------------------------------------------------------------------------------------------
+
+
+def test_coactivation_graph_edges_are_phi_above_threshold():
+    fires = np.zeros((6, 13))
+    fires[:, 10:] = [[1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1], [1, 0, 0], [0, 0, 0]]
+    fires[:, 3] = 1.0  # not a candidate: ignored
+    graph = coactivation_graph([fires[:3], fires[3:]], [10, 11, 12], FERConfig(phi_threshold=0.3, min_coactivations=2))
+    # latents 10, 11: n = 6, n1 = 3 and 2, n11 = 2: phi = (6·2 − 3·2)/√(3·3·2·4) = 6/√72
+    assert set(graph.edges) == {(10, 11)}
+    assert graph.edges[10, 11]["weight"] == pytest.approx(6 / np.sqrt(72))
+    assert graph.edges[10, 11]["count"] == 2
+    assert coactivation_graph([fires], [10, 11], FERConfig(min_coactivations=3)).number_of_edges() == 0
+
+
+def test_fragmentation_by_hand():
+    graph = nx.Graph([(1, 2), (3, 4)])
+    graph.add_node(5)
+    assert fragmentation(graph, [1, 2, 3, 4, 5]) == pytest.approx((3 - 1) / (5 - 1))
+    assert fragmentation(graph, [1, 2]) == 0.0
+    assert fragmentation(graph, [1, 3, 5]) == 1.0
+    assert fragmentation(graph, [5]) == 0.0
+
+
+def test_modularity_deficit_by_hand():
+    """Triangle A = {0, 1, 2}, edge B = {3, 4}, one bridge (2, 3): m = 5, d_A = 7, d_B = 3.
+
+    Q_A = 3/5 − 0.7² = 0.11, q_A = 0.11/(0.7 − 0.49) = 11/21; Q_B = 1/5 − 0.3² = 0.11, q_B = 11/21.
+    """
+    graph = nx.Graph([(0, 1), (1, 2), (0, 2), (3, 4), (2, 3)], weight=1.0)
+    nx.set_edge_attributes(graph, 1.0, "weight")
+    a = modularity_deficit(graph, {0: 1.0, 1: 1.0, 2: 1.0})
+    b = modularity_deficit(graph, {3: 1.0, 4: 1.0})
+    assert a.value == pytest.approx(1 - 11 / 21)
+    assert b.value == pytest.approx(1 - 11 / 21)
+    assert a.detail["q_term"] + b.detail["q_term"] == pytest.approx(
+        nx.community.modularity(graph, [{0, 1, 2}, {3, 4}], weight="weight")
+    )
+    # one edge between two latents each shared by two concepts (α = ½): Q_A = ¼ − ½² = 0 → deficit 1
+    shared = nx.Graph()
+    shared.add_edge(0, 1, weight=1.0)
+    assert modularity_deficit(shared, {0: 0.5, 1: 0.5}).value == pytest.approx(1.0)
+    assert modularity_deficit(nx.empty_graph(3), {0: 1.0}).value is None
+
+
+def test_context_fracture_split_count_and_cross_talk_by_hand():
+    assert context_fracture(np.array([1, 2, 3]), np.array([2, 3, 4])).value == pytest.approx(0.5)
+    assert context_fracture(np.array([], int), np.array([], int)).value is None
+    cfg = FERConfig(k_max=10)
+    assert split_count([np.arange(1), np.arange(3)], cfg).value == pytest.approx((2 - 1) / 9)
+    drops = np.array([[0.4, 0.1, 0.3], [0.0, 0.02, 0.0], [0.1, 0.6, 0.2]])
+    assert cross_talk(drops, 0, cfg).value == pytest.approx(0.5)  # mean(0.1, 0.3)/0.4
+    assert cross_talk(drops, 1, cfg).value is None  # its own ablation costs 0.02 < min_own_drop
+    assert cross_talk(drops, 2, cfg).value == 1.0  # clipped
+    assert cross_talk(drops[:1, :1], 0, cfg).reason.startswith("cross-talk needs other concepts")
+
+
+# --- where a component does not apply, the API ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_world(SyntheticConfig(fracture=2, entanglement=0.5, n_concepts=2, n_per_class=30))
+
+
+def test_not_applicable_components_say_why(small):
+    cfg = FERConfig(n_boot=0, k_max=3)
+    concepts = [replace(c, level="sequence", X_twin=None, y_twin=None) for c in activations(small)]
+    with threadpool_limits(1):
+        scores = fer_scores(concepts[:1], small.encoder.W_dec, cfg)[0]
+        no_decoder = fer_scores(activations(small)[:1], None, cfg)[0]
+    assert "one token" in scores.absorption.reason
+    assert scores.context_fracture.reason == "no shifted twin"
+    assert "other concepts" in scores.cross_talk.reason and "other concepts" in scores.modularity_deficit.reason
+    assert set(scores.components_used) == {"split_count", "graph_fragmentation", "mixed_selectivity"}
+    assert scores.index == pytest.approx(np.mean([getattr(scores, k).value for k in scores.components_used]))
+    assert "decoder" in no_decoder.absorption.reason
+
+
+def test_scores_serialise_with_graph_and_bootstrap_ci(small, tmp_path):
+    with threadpool_limits(1):
+        scores = fer_scores(activations(small), small.encoder.W_dec, FERConfig(n_boot=4, k_max=3))
+    for s in scores:
+        lo, hi = s.index_ci
+        assert 0.0 <= lo <= hi <= 1.0
+        assert all(0.0 <= getattr(s, k).value <= 1.0 for k in s.components_used)
+        assert FERScores.model_validate_json(s.model_dump_json()) == s
+    graph = nx.node_link_graph(scores[0].graph, edges="edges")
+    assert set(scores[0].selective_latents) <= set(graph.nodes)
+    assert {d["concept"] for _, d in graph.nodes(data=True)} <= {"concept0", "concept1"}
+    nx.write_graphml(graph, tmp_path / "coactivation.graphml")
+    assert nx.read_graphml(tmp_path / "coactivation.graphml").number_of_nodes() == graph.number_of_nodes()
+
+
+def test_bad_input_is_refused(small):
+    concepts = activations(small)
+    with pytest.raises(BadInputError, match="one basis"):
+        fer_scores([concepts[0], replace(concepts[1], X=concepts[1].X[:, :5], X_twin=None, y_twin=None)])
+    with pytest.raises(BadInputError, match="decoder"):
+        fer_scores(concepts[:1], small.encoder.W_dec[:3])
+    with pytest.raises(BadInputError, match="X_twin and y_twin"):
+        fer_scores([replace(concepts[0], y_twin=None)])
+    with pytest.raises(BadInputError):
+        fer_scores([replace(concepts[0], y=np.zeros_like(concepts[0].y))])
