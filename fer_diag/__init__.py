@@ -15,6 +15,8 @@ _LAZY = {
     "Suite": "fer_diag.data.suite",
     "TextSet": "fer_diag.data.suite",
     "SetKind": "fer_diag.data.suite",
+    "CompareConfig": "fer_diag.compare",
+    "Comparison": "fer_diag.report.comparison",
 }
 __all__ = ["__version__", *_LAZY]
 
