@@ -104,10 +104,15 @@ __all__ = [
     "ConceptActivations",
     "FERConfig",
     "FERScores",
+    "absorption",
     "coactivation_graph",
+    "context_fracture",
+    "cross_talk",
     "fer_scores",
     "fragmentation",
+    "graph_fragmentation",
     "modularity_deficit",
+    "split_count",
 ]
 
 FRACTURE: tuple[str, ...] = ("split_count", "absorption", "context_fracture", "graph_fragmentation")

@@ -6,8 +6,9 @@ concept). Which components cannot separate the two factors, and why:
 * split count rises with entanglement too: a latent that also carries another
   concept's class fires on negatives, and the k-sparse probe gains F1 by adding
   latents that tell the two apart — so it is asserted on the fracture sweep only;
-* absorption barely moves on this generator (rare contexts' latents are found
-  by the split count, so few examples are absorbed); it is asserted to stay small.
+* absorption barely moves in the sweeps (the split count finds the rare
+  contexts' latents, so few examples are absorbed); it is asserted to stay small
+  there, and checked against its known answer with the main latents given.
 Every other component is asserted to move with its own factor (Spearman ≥ 0.9)
 and to stay within 0.05 when only the other factor changes.
 """
@@ -19,7 +20,7 @@ import pytest
 from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
-from fer_diag.fer import ConceptActivations, FERConfig, fer_scores
+from fer_diag.fer import ConceptActivations, FERConfig, absorption, fer_scores
 from fer_diag.synthetic import SyntheticConfig, make_world
 
 FRACTURES = (1, 2, 3, 4, 5)
@@ -139,3 +140,16 @@ def test_planted_values_are_recovered(sweeps):
 def test_absorption_stays_small_without_planted_absorption(sweeps):
     for key, scores in sweeps.items():
         assert mean_component(scores, "absorption") <= 0.1, key
+
+
+@pytest.mark.parametrize("f", [1, 2, 3, 5])
+def test_absorption_is_the_share_of_examples_carried_by_other_groups(f):
+    """Main latents = each class's planted group 0: every example in another context is fully absorbed."""
+    world = make_world(SyntheticConfig(fracture=f, n_per_class=100))
+    concept = world.concepts[0]
+    mains = [np.array(groups[0]) for groups in concept.latent_groups]
+    planted = np.mean([(concept.latents[concept.labels == c][:, m] == 0).all(1).mean() for c, m in enumerate(mains)])
+    with threadpool_limits(1):
+        value = absorption(activations(world)[0], world.encoder.W_dec, mains, FERConfig()).value
+    assert value == pytest.approx(planted, abs=0.03)
+    assert (value > 0.2) == (f > 1)
