@@ -408,6 +408,10 @@ def _check(concepts: Sequence[ConceptActivations], decoder: np.ndarray | None, c
             raise BadInputError(f"{c.name}: raw has {len(c.raw)} rows, X {len(c.X)}")
         if (c.X_twin is None) != (c.y_twin is None):
             raise BadInputError(f"{c.name}: give both X_twin and y_twin, or neither")
+        if c.X_twin is not None and (c.X_twin.shape[1:] != c.X.shape[1:] or len(c.X_twin) != len(c.y_twin)):
+            raise BadInputError(f"{c.name}: X_twin must be [n_twin, {c.X.shape[1]}] with one label per row")
+        if c.level not in ("sequence", "token"):
+            raise BadInputError(f"{c.name}: level must be 'sequence' or 'token', got {c.level!r}")
     if decoder is not None and np.asarray(decoder).shape[0] != width.pop():
         raise BadInputError("the decoder must have one row per latent of X")
 

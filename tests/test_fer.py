@@ -198,5 +198,7 @@ def test_bad_input_is_refused(small):
         fer_scores(concepts[:1], small.encoder.W_dec[:3])
     with pytest.raises(BadInputError, match="X_twin and y_twin"):
         fer_scores([replace(concepts[0], y_twin=None)])
+    with pytest.raises(BadInputError, match="level"):
+        fer_scores([replace(concepts[0], level="word")])
     with pytest.raises(BadInputError):
         fer_scores([replace(concepts[0], y=np.zeros_like(concepts[0].y))])
