@@ -112,8 +112,17 @@ class IdenticalThresholds(BaseModel):
 
 
 def compare_audit_config() -> AuditConfig:
-    """The audit of each model inside a comparison: fewer windows, no random-init control, lighter bootstrap."""
-    return AuditConfig(max_seqs=10, random_init_control=False, n_boot=200, ce_windows=2)
+    """The audit of each model inside a comparison, sized so that ``fer-diag compare smollm2-135m rotated:0`` fits
+    in 10 minutes on 2 CPU cores: 8 windows per set, no random-init control, 2 CE-splice windows, a lighter
+    bootstrap, probes on one concept (``source_kind``, 8 examples per class)."""
+    return AuditConfig(
+        max_seqs=8,
+        random_init_control=False,
+        n_boot=200,
+        ce_windows=2,
+        concepts=["source_kind"],
+        concept_per_class=8,
+    )
 
 
 class CompareConfig(BaseModel):
@@ -124,7 +133,7 @@ class CompareConfig(BaseModel):
     hooks: list[str] | None = Field(None, description="similarity hooks of A (names / wildcards); default resid_post")
     hooks_b: list[str] | None = Field(None, description="similarity hooks of B; default: the same names as A's")
     seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
-    max_seqs: int = Field(8, ge=2, description="windows per text set for behaviour and similarity")
+    max_seqs: int = Field(6, ge=2, description="windows per text set for behaviour and similarity")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
     batch_size: int = Field(8, ge=1, description="windows per forward pass")
     token_samples: int = Field(1024, ge=8, description="token positions sampled (over all sets) for token-level CKA")
@@ -280,7 +289,7 @@ class _Vectors:
     """Bounded samples per hook: pooled window vectors and the pre-drawn token positions (module docstring)."""
 
     pooled: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    tokens: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    token: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     def update(self, batch: ActivationBatch, sel: torch.Tensor | None) -> None:
         m = batch.mask.unsqueeze(-1).float()
@@ -288,10 +297,11 @@ class _Vectors:
             pooled = (act * m).sum(1) / m.sum(1).clamp_min(1.0)
             self.pooled.setdefault(hook, []).append(pooled)
             if sel is not None:
-                self.tokens.setdefault(hook, []).append(act[sel])
+                self.token.setdefault(hook, []).append(act[sel])
 
-    def matrices(self, part: str) -> dict[str, torch.Tensor]:
-        return {h: torch.cat(v) for h, v in getattr(self, part).items()}
+    def matrices(self, level: str) -> dict[str, torch.Tensor]:
+        """``hook → [n, d]`` of one level (``"pooled"`` or ``"token"``)."""
+        return {h: torch.cat(v) for h, v in getattr(self, level).items()}
 
 
 @torch.inference_mode()
@@ -379,11 +389,8 @@ def similarity(
     k: int,
 ) -> dict[str, Any]:
     """The similarity section: hook × hook debiased CKA maps, and pairs matched by depth and by best CKA."""
-    levels = ["pooled", *(["token"] if vec_a.tokens else [])]
-    mats = {}
-    for level in levels:
-        part = "pooled" if level == "pooled" else "tokens"
-        mats[level] = (vec_a.matrices(part), vec_b.matrices(part))
+    levels = ["pooled", *(["token"] if vec_a.token else [])]
+    mats = {lv: (vec_a.matrices(lv), vec_b.matrices(lv)) for lv in levels}
     heat = {lv: cka_matrix([a[h] for h in hooks_a], [b[h] for h in hooks_b]) for lv, (a, b) in mats.items()}
     main = heat[levels[-1]]  # token level when there is one: many more samples
 

@@ -62,9 +62,17 @@ def centred_gram(x: ArrayLike, *, debiased: bool = True) -> torch.Tensor:
     return u.fill_diagonal_(0.0)
 
 
-def _cka_from(grams_a: Sequence[torch.Tensor], grams_b: Sequence[torch.Tensor]) -> np.ndarray:
-    a = torch.stack([g.flatten() for g in grams_a])
-    b = torch.stack([g.flatten() for g in grams_b])
+def _stacked(xs: Sequence[ArrayLike], debiased: bool) -> torch.Tensor:
+    """``[len(xs), n²]``: each centred Gram flattened into a preallocated row (one Gram in flight at a time)."""
+    n = len(xs[0])
+    out = torch.empty(len(xs), n * n, dtype=torch.float64)
+    for i, x in enumerate(xs):
+        out[i] = centred_gram(x, debiased=debiased).flatten()
+    return out
+
+
+def _cka_from(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """CKA of every row pair of two stacks of flattened centred Grams."""
     hsic = a @ b.T  # the 1/(n−1)² or 1/(n(n−3)) factors cancel in the ratio
     norm_a, norm_b = (a * a).sum(1), (b * b).sum(1)
     denom = torch.sqrt(norm_a[:, None] * norm_b[None, :])
@@ -76,7 +84,7 @@ def linear_cka(x: ArrayLike, y: ArrayLike, *, debiased: bool = True) -> float:
     """Linear CKA of ``x`` ``[n, d₁]`` and ``y`` ``[n, d₂]`` (same n rows); module docstring for both estimators."""
     if len(x) != len(y):
         raise ValueError(f"x and y must describe the same samples: {len(x)} rows vs {len(y)}")
-    return float(_cka_from([centred_gram(x, debiased=debiased)], [centred_gram(y, debiased=debiased)])[0, 0])
+    return float(_cka_from(_stacked([x], debiased), _stacked([y], debiased))[0, 0])
 
 
 def cka_matrix(xs: Sequence[ArrayLike], ys: Sequence[ArrayLike], *, debiased: bool = True) -> np.ndarray:
@@ -84,7 +92,7 @@ def cka_matrix(xs: Sequence[ArrayLike], ys: Sequence[ArrayLike], *, debiased: bo
     n = {len(v) for v in (*xs, *ys)}
     if len(n) != 1:
         raise ValueError(f"every matrix must describe the same samples; got row counts {sorted(n)}")
-    return _cka_from([centred_gram(x, debiased=debiased) for x in xs], [centred_gram(y, debiased=debiased) for y in ys])
+    return _cka_from(_stacked(xs, debiased), _stacked(ys, debiased))
 
 
 def _knn(x: torch.Tensor, k: int) -> torch.Tensor:
