@@ -15,7 +15,7 @@ largest max_c D_{c,j} ≥ τ.
 
 Fracture
   * split count (SAEBench feature splitting, Karvonen et al. 2025): per class,
-    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict`) on the
+    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict_grouped`) on the
     latents raised in the class (D_{c,j} > 0: SAEBench keeps only latents that
     predict the class directly) for k = 1 … ``k_max``; the split count s_c is the
     last k whose cross-validated F1
@@ -68,9 +68,14 @@ both fire; weight = phi. Memory is bounded by the candidate latents
 (n × s booleans, s² counts), never d_sae² per token.
 
 Composite FER index: the unweighted mean of the components that are not None,
-with a percentile bootstrap CI (examples resampled with replacement within each
-set, everything recomputed). Which components cannot separate fracture from
-entanglement: docs/metrics.md.
+with a bootstrap CI: examples resampled with replacement within each set and
+everything recomputed (copies of one example stay in one CV fold, else the probes
+would be scored on their training rows). Thresholded components gain chance
+latents on resamples (duplicated rows add variance), so the replicates run
+high: the interval is the percentile interval of the replicates shifted by the
+bootstrap bias estimate mean(θ*) − θ̂ (Efron & Tibshirani 1993, §10), which is
+reported as ``index_bias``.
+Which components cannot separate fracture from entanglement: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -82,15 +87,15 @@ import networkx as nx
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
 
 from fer_diag.errors import BadInputError
 from fer_diag.probing import (
     check_finite,
     check_labels,
     class_mean_differences,
-    cv_predict,
+    cv_predict_grouped,
     fit_probe,
+    grouped_folds,
     make_probe,
     top_features,
 )
@@ -146,7 +151,9 @@ class ConceptActivations:
 
     ``X_twin`` / ``y_twin``: the shifted twin (context fracture); ``raw [n, d]``: the
     hook vectors of the same examples (absorption, with the decoder). ``level`` is
-    "token" or "sequence"; ``classes`` name the sorted unique labels.
+    "token" or "sequence"; ``classes`` name the sorted unique labels. ``groups [n]``:
+    example ids — rows sharing one are copies of one example (a bootstrap draw) and
+    stay in one cross-validation fold; None: every row is its own example.
     """
 
     name: str
@@ -157,6 +164,10 @@ class ConceptActivations:
     X_twin: np.ndarray | None = None
     y_twin: np.ndarray | None = None
     raw: np.ndarray | None = None
+    groups: np.ndarray | None = None
+
+    def example_ids(self) -> np.ndarray:
+        return np.arange(len(self.y)) if self.groups is None else np.asarray(self.groups)
 
 
 class Component(BaseModel):
@@ -185,6 +196,7 @@ class FERScores(BaseModel):
     modularity_deficit: Component
     index: float | None
     index_ci: tuple[float, float] | None
+    index_bias: float | None = Field(description="mean bootstrap replicate − index, removed from the CI")
     components_used: list[str]
     selective_latents: list[int]
     graph: dict = Field(description="networkx.node_link_data of the co-activation graph of all concepts")
@@ -215,8 +227,9 @@ def _none(reason: str) -> Component:
     return Component(value=None, reason=reason)
 
 
-def _split_latents(X: np.ndarray, y: np.ndarray, cfg: FERConfig) -> list[np.ndarray]:
+def _split_latents(concept: ConceptActivations, cfg: FERConfig) -> list[np.ndarray]:
     """Per class (sorted labels), its split latents: the k-sparse probe's choice at the split count."""
+    X, y, groups = concept.X, concept.y, concept.example_ids()
     D, _ = class_mean_differences(X, y)
     out = []
     for c in range(len(D)):
@@ -224,7 +237,7 @@ def _split_latents(X: np.ndarray, y: np.ndarray, cfg: FERConfig) -> list[np.ndar
         yb = (y == np.unique(y)[c]).astype(int)
         best, split = -np.inf, 0
         for k in range(1, min(cfg.k_max, len(raised)) + 1):
-            pred = cv_predict(X[:, raised], yb, k=k, n_folds=cfg.n_folds, seed=cfg.seed)
+            pred = cv_predict_grouped(X[:, raised], yb, groups, k=k, n_folds=cfg.n_folds, seed=cfg.seed)
             f1 = f1_score(yb, pred, zero_division=0)
             if f1 > best + cfg.f1_jump:
                 best, split = f1, k
@@ -369,8 +382,7 @@ def _ablation_drops(concepts: Sequence[ConceptActivations], ablate: Sequence[np.
     """drop[A, K]: concept K's k-sparse probe accuracy lost when concept A's ``ablate[A]`` latents are zeroed."""
     drops = np.zeros((len(ablate), len(concepts)))
     for K, c in enumerate(concepts):
-        folds = StratifiedKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed)
-        for train, test in folds.split(c.X, c.y):
+        for train, test in grouped_folds(c.y, c.example_ids(), cfg.n_folds, cfg.seed):
             probe = make_probe(min(cfg.k_selective, c.X.shape[1]), seed=cfg.seed).fit(c.X[train], c.y[train])
             hits = probe.predict(c.X[test]) == c.y[test]
             for A, cols in enumerate(ablate):
@@ -440,7 +452,7 @@ def _analyse(
     drops = _ablation_drops(concepts, [s.latents for s in sel], cfg)
     results = []
     for a, (c, s) in enumerate(zip(concepts, sel, strict=True)):
-        split = _split_latents(c.X, c.y, cfg)
+        split = _split_latents(c, cfg)
         if c.X_twin is None:
             ctx = _none("no shifted twin")
         else:
@@ -488,6 +500,7 @@ def _resampled(concepts: Sequence[ConceptActivations], rng: np.random.Generator)
                 X=c.X[i],
                 y=c.y[i],
                 raw=None if c.raw is None else c.raw[i],
+                groups=c.example_ids()[i],
                 X_twin=None if t is None else c.X_twin[t],
                 y_twin=None if t is None else c.y_twin[t],
             )
@@ -505,18 +518,19 @@ def fer_scores(
     cfg = config or FERConfig()
     _check(concepts, decoder, cfg)
     results, sel, graph = _analyse(concepts, decoder, cfg)
-    boots: list[list[float]] = [[] for _ in concepts]
     rng = np.random.default_rng(cfg.seed)
-    for _ in range(cfg.n_boot):
-        for b, comps in zip(boots, _analyse(_resampled(concepts, rng), decoder, cfg)[0], strict=True):
-            value, _ = _index(comps)
-            if value is not None:
-                b.append(value)
+    replicates = [_analyse(_resampled(concepts, rng), decoder, cfg)[0] for _ in range(cfg.n_boot)]
     link = nx.node_link_data(graph, edges="edges")
     out = []
-    for c, comps, s, b in zip(concepts, results, sel, boots, strict=True):
+    for a, (c, comps, s) in enumerate(zip(concepts, results, sel, strict=True)):
         index, used = _index(comps)
-        ci = tuple(float(v) for v in percentile_ci(np.asarray(b), cfg.ci_level)) if len(b) >= 2 else None
+        # a replicate counts when every component of the estimate is defined in it
+        b = [np.mean([r[a][k].value for k in used]) for r in replicates if all(r[a][k].value is not None for k in used)]
+        ci, bias = None, None
+        if used and len(b) >= 2:
+            bias = float(np.mean(b)) - index
+            lo, hi = percentile_ci(np.asarray(b) - bias, cfg.ci_level)
+            ci = (float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1)))
         out.append(
             FERScores(
                 concept=c.name,
@@ -524,6 +538,7 @@ def fer_scores(
                 **comps,
                 index=index,
                 index_ci=ci,
+                index_bias=bias,
                 components_used=used,
                 selective_latents=[int(j) for j in s.latents],
                 graph=link,

@@ -140,6 +140,42 @@ def cv_predict(
     return cross_val_predict(make_probe(k, C, seed), X, y, cv=folds)
 
 
+def grouped_folds(
+    y: np.ndarray, groups: np.ndarray, n_folds: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified ``(train, test)`` folds that keep the rows of one group together.
+
+    Groups are copies of one example (a bootstrap draw), so each has one label:
+    the groups are split by ``StratifiedKFold`` on their labels and their rows
+    follow. With every row its own group this is ``StratifiedKFold`` on the rows.
+    """
+    y = np.asarray(y)
+    ids, first, row_group = np.unique(groups, return_index=True, return_inverse=True)
+    if (y != y[first][row_group]).any():
+        raise ProbeInputError("rows of one group (copies of one example) must share their label")
+    fold = np.empty(len(ids), dtype=int)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for f, (_, test) in enumerate(splitter.split(ids, y[first])):
+        fold[test] = f
+    fold = fold[row_group]
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(n_folds)]
+
+
+def cv_predict_grouped(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    k: int | None = None,
+    n_folds: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """:func:`cv_predict` on :func:`grouped_folds`: no copy of an example is scored by a probe trained on it."""
+    folds = grouped_folds(y, groups, n_folds, seed)
+    return cross_val_predict(make_probe(k, C, seed), X, y, cv=folds)
+
+
 def shuffled(y: np.ndarray, seed: int = 0) -> np.ndarray:
     """The control task's labels: ``y`` permuted once (same class sizes, no relation to the input)."""
     return np.random.default_rng(seed).permutation(np.asarray(y))

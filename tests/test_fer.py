@@ -7,6 +7,7 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from fer_diag.errors import BadInputError
@@ -24,6 +25,7 @@ from fer_diag.fer import (
     modularity_deficit,
     split_count,
 )
+from fer_diag.probing import ProbeInputError, grouped_folds
 from fer_diag.synthetic import SyntheticConfig, make_world
 from fer_diag.transforms import haar_orthogonal
 
@@ -180,7 +182,8 @@ def test_scores_serialise_with_graph_and_bootstrap_ci(small, tmp_path):
         scores = fer_scores(activations(small), small.encoder.W_dec, FERConfig(n_boot=4, k_max=3))
     for s in scores:
         lo, hi = s.index_ci
-        assert 0.0 <= lo <= hi <= 1.0
+        assert 0.0 <= lo <= s.index <= hi <= 1.0
+        assert abs(s.index_bias) < 0.2
         assert all(0.0 <= getattr(s, k).value <= 1.0 for k in s.components_used)
         assert FERScores.model_validate_json(s.model_dump_json()) == s
     graph = nx.node_link_graph(scores[0].graph, edges="edges")
@@ -202,3 +205,17 @@ def test_bad_input_is_refused(small):
         fer_scores([replace(concepts[0], level="word")])
     with pytest.raises(BadInputError):
         fer_scores([replace(concepts[0], y=np.zeros_like(concepts[0].y))])
+
+
+def test_grouped_folds_keep_copies_together():
+    y = np.repeat([0, 1], 20)
+    folds = grouped_folds(y, np.arange(40), n_folds=5, seed=0)
+    expected = StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros((40, 1)), y)
+    for (train, test), (train_e, test_e) in zip(folds, expected, strict=True):
+        np.testing.assert_array_equal(test, test_e)
+        np.testing.assert_array_equal(train, train_e)
+    draw = np.random.default_rng(0).integers(0, 40, 40)  # a bootstrap draw: copies share an id
+    for train, test in grouped_folds(y[draw], draw, n_folds=4):
+        assert not set(draw[train]) & set(draw[test])
+    with pytest.raises(ProbeInputError, match="share their label"):
+        grouped_folds(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), n_folds=2)
