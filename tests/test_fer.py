@@ -8,7 +8,6 @@ import networkx as nx
 import numpy as np
 import pytest
 from sklearn.model_selection import StratifiedKFold
-from threadpoolctl import threadpool_limits
 
 from fer_diag.errors import BadInputError
 from fer_diag.fer import (
@@ -52,8 +51,7 @@ def world():
 
 @pytest.fixture(scope="module")
 def base(world) -> np.ndarray:
-    with threadpool_limits(1):
-        return table(fer_scores(activations(world), world.encoder.W_dec, FERConfig(n_boot=0)))
+    return table(fer_scores(activations(world), world.encoder.W_dec, FERConfig(n_boot=0)))
 
 
 def relabelled(world, f):
@@ -64,8 +62,7 @@ def relabelled(world, f):
 
 
 def scored(concepts, decoder) -> np.ndarray:
-    with threadpool_limits(1):
-        return table(fer_scores(concepts, decoder, FERConfig(n_boot=0)))
+    return table(fer_scores(concepts, decoder, FERConfig(n_boot=0)))
 
 
 # --- invariances (measured: permutation and rescaling 0 exactly; rotation ≤ 0.003 on absorption, 3e-4 on the index)
@@ -166,9 +163,8 @@ def small():
 def test_not_applicable_components_say_why(small):
     cfg = FERConfig(n_boot=0, k_max=3)
     concepts = [replace(c, level="sequence", X_twin=None, y_twin=None) for c in activations(small)]
-    with threadpool_limits(1):
-        scores = fer_scores(concepts[:1], small.encoder.W_dec, cfg)[0]
-        no_decoder = fer_scores(activations(small)[:1], None, cfg)[0]
+    scores = fer_scores(concepts[:1], small.encoder.W_dec, cfg)[0]
+    no_decoder = fer_scores(activations(small)[:1], None, cfg)[0]
     assert "one token" in scores.absorption.reason
     assert scores.context_fracture.reason == "no shifted twin"
     assert "other concepts" in scores.cross_talk.reason and "other concepts" in scores.modularity_deficit.reason
@@ -178,8 +174,7 @@ def test_not_applicable_components_say_why(small):
 
 
 def test_scores_serialise_with_graph_and_bootstrap_ci(small, tmp_path):
-    with threadpool_limits(1):
-        scores = fer_scores(activations(small), small.encoder.W_dec, FERConfig(n_boot=4, k_max=3))
+    scores = fer_scores(activations(small), small.encoder.W_dec, FERConfig(n_boot=4, k_max=3))
     for s in scores:
         lo, hi = s.index_ci
         assert 0.0 <= lo <= s.index <= hi <= 1.0

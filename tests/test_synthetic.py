@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
-from threadpoolctl import threadpool_limits
 
 from fer_diag.fer import ConceptActivations, FERConfig, absorption, fer_scores
 from fer_diag.synthetic import SyntheticConfig, make_world
@@ -43,10 +42,9 @@ def mean_component(scores, name: str) -> float:
 @pytest.fixture(scope="module")
 def sweeps() -> dict[tuple[int, float], list]:
     out = {}
-    with threadpool_limits(1):  # tiny probes: BLAS threads only contend
-        for f, e in {(f, 0.0) for f in FRACTURES} | {(BASE_FRACTURE, e) for e in ENTANGLEMENTS}:
-            world = make_world(SyntheticConfig(fracture=f, entanglement=e))
-            out[f, e] = fer_scores(activations(world), world.encoder.W_dec, FERConfig(n_boot=0))
+    for f, e in {(f, 0.0) for f in FRACTURES} | {(BASE_FRACTURE, e) for e in ENTANGLEMENTS}:
+        world = make_world(SyntheticConfig(fracture=f, entanglement=e))
+        out[f, e] = fer_scores(activations(world), world.encoder.W_dec, FERConfig(n_boot=0))
     return out
 
 
@@ -149,7 +147,6 @@ def test_absorption_is_the_share_of_examples_carried_by_other_groups(f):
     concept = world.concepts[0]
     mains = [np.array(groups[0]) for groups in concept.latent_groups]
     planted = np.mean([(concept.latents[concept.labels == c][:, m] == 0).all(1).mean() for c, m in enumerate(mains)])
-    with threadpool_limits(1):
-        value = absorption(activations(world)[0], world.encoder.W_dec, mains, FERConfig()).value
+    value = absorption(activations(world)[0], world.encoder.W_dec, mains, FERConfig()).value
     assert value == pytest.approx(planted, abs=0.03)
     assert (value > 0.2) == (f > 1)
