@@ -4,7 +4,9 @@ No published FER metric exists for language models (Kumar et al. 2025 show
 fractured, entangled organisation qualitatively); these components are ours,
 each in [0, 1] (0 = clean) and reported separately, on plain arrays: one
 bounded vector per example (a pooled or marked token's SAE latents or privileged
-neurons, as the probe analyzer stores them), never a model.
+neurons, as the probe analyzer stores them), never a model. Residual-stream
+coordinates are not features (a function-preserving rotation changes them, see
+:func:`fer_diag.basis.basis_privilege`): callers pass SAE latents or MLP neurons.
 
 Selective latents. With D_{c,j} the signed standardised one-vs-rest mean
 difference (:func:`fer_diag.probing.class_mean_differences`), latent j is
@@ -15,24 +17,24 @@ largest max_c D_{c,j} ≥ τ.
 
 Fracture
   * split count (SAEBench feature splitting, Karvonen et al. 2025): per class,
-    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict_grouped`) on the
-    latents raised in the class (D_{c,j} > 0: SAEBench keeps only latents that
-    predict the class directly) for k = 1 … ``k_max``; the split count s_c is the
-    last k whose cross-validated F1
-    beats the best of the smaller k by > ``f1_jump``. SAEBench stops at the first
-    k without such a rise; we go on to ``k_max``, because the mean-difference
-    ranking (unlike SAEBench's L1 probe) can rank a redundant latent — one that
-    fires with an already chosen one — before one that covers new examples.
-    Value (mean_c s_c − 1)/(k_max − 1).
+    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict_grouped`)
+    on the latents raised in the class (D_{c,j} > 0: SAEBench keeps only latents
+    that predict the class directly) for k = 1 … ``k_max``; the split count s_c is
+    the last k whose cross-validated F1 beats the best of the smaller k by >
+    ``f1_jump``. SAEBench stops at the first k without such a rise; we go on to
+    ``k_max``, because the mean-difference ranking (unlike SAEBench's L1 probe)
+    can rank a redundant latent — one that fires with an already chosen one —
+    before one that covers new examples. Value (mean_c s_c − 1)/(k_max − 1).
   * absorption fraction (Chanin et al. 2024; SAEBench absorption): token-level
     concepts only (None elsewhere, with the reason). Per class, on the examples
     of the class the raw probe (:func:`fer_diag.probing.fit_probe` on the raw
     vectors, unit direction p) calls positive: P = x·p, latent contributions
     a_j = f_j (W_dec,j · p) (= f_j cos_j for unit decoder rows, SAEBench's form),
-    main latents = the class's split latents (the k-sparse probe's choice), absorbers = other latents with
-    cos_j ≥ ``absorption_cos`` and a_j > 0, A = the sum of the top
-    ``max_absorbers`` a_j, M = Σ_main a_j. Fraction 0 if M ≥ P or A/P <
-    ``absorption_proportion``; 1 if M ≤ 0; else min(A, P − M)/(min(A, P − M) + M).
+    main latents = the class's split latents (the k-sparse probe's choice),
+    absorbers = other latents with cos_j ≥ ``absorption_cos`` and a_j > 0, A =
+    the sum of the top ``max_absorbers`` a_j, M = Σ_main a_j. Fraction 0 if M ≥ P
+    or A/P < ``absorption_proportion``; 1 if M ≤ 0; else min(A, P − M)/(min(A,
+    P − M) + M).
     Value: mean over those examples, then over classes.
   * context fracture: 1 − Jaccard(concept's selective latents in distribution,
     those found the same way on the shifted twin). None without a twin.
@@ -74,8 +76,8 @@ would be scored on their training rows). Thresholded components gain chance
 latents on resamples (duplicated rows add variance), so the replicates run
 high: the interval is the percentile interval of the replicates shifted by the
 bootstrap bias estimate mean(θ*) − θ̂ (Efron & Tibshirani 1993, §10), which is
-reported as ``index_bias``.
-Which components cannot separate fracture from entanglement: docs/metrics.md.
+reported as ``index_bias``. Which components cannot separate fracture from
+entanglement: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -148,11 +150,11 @@ class FERConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ConceptActivations:
-    """One concept at one hook in one basis: ``X [n, m]`` one vector per example, labels ``y [n]``.
+    """One concept at one hook in one basis: ``X [n, m]`` one vector per example, ``y [n]`` indices into ``classes``.
 
     ``X_twin`` / ``y_twin``: the shifted twin (context fracture); ``raw [n, d]``: the
     hook vectors of the same examples (absorption, with the decoder). ``level`` is
-    "token" or "sequence"; ``classes`` name the sorted unique labels. ``groups [n]``:
+    "token" or "sequence"; ``classes`` names the labels. ``groups [n]``:
     example ids — rows sharing one are copies of one example (a bootstrap draw) and
     stay in one cross-validation fold; None: every row is its own example.
     """
@@ -205,8 +207,9 @@ class FERScores(BaseModel):
 
 @dataclass(frozen=True)
 class _Selectivity:
-    """D [C, m], the threshold τ, the concept's selective latents (best first) and each class's."""
+    """D [C, m] (rows: ``labels``), the threshold τ, the concept's selective latents (best first) and each class's."""
 
+    labels: np.ndarray
     D: np.ndarray
     tau: float
     latents: np.ndarray
@@ -214,14 +217,14 @@ class _Selectivity:
 
 
 def _selectivity(X: np.ndarray, y: np.ndarray, cfg: FERConfig) -> _Selectivity:
-    D, _ = class_mean_differences(X, y)
+    D, labels = class_mean_differences(X, y)
     null, _ = class_mean_differences(X, shuffled_labels(y, cfg.seed))
     tau = max(cfg.min_selectivity, float(null.max()))
     best = D.max(axis=0)
     order = np.argsort(-best, kind="stable")
     latents = order[best[order] >= tau][: cfg.k_selective]
     per_class = [latents[D[c, latents] >= tau] for c in range(len(D))]
-    return _Selectivity(D, tau, latents, per_class)
+    return _Selectivity(labels, D, tau, latents, per_class)
 
 
 def _none(reason: str) -> Component:
@@ -447,7 +450,8 @@ def _analyse(
         best = max(owners, key=lambda a: sel[a].D[:, j].max())
         cls = int(np.argmax(sel[best].D[:, j]))
         names = ",".join(concepts[a].name for a in owners)
-        attributes[j] = {"concept": concepts[best].name, "class": concepts[best].classes[cls], "concepts": names}
+        label = concepts[best].classes[int(sel[best].labels[cls])]
+        attributes[j] = {"concept": concepts[best].name, "class": label, "concepts": names}
         attributes[j]["selectivity"] = float(sel[best].D[cls, j])
     graph = coactivation_graph(_distinct([c.X for c in concepts]), sorted(concept_of), cfg, attributes)
     drops = _ablation_drops(concepts, [s.latents for s in sel], cfg)
