@@ -26,8 +26,10 @@ from pydantic import BaseModel, Field
 from fer_diag.analyzers.base import Analyzer
 from fer_diag.analyzers.baselines import BaselineAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer, calibrate_massive_dims
+from fer_diag.analyzers.probes import ProbeResult
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
 from fer_diag.capture import Capture, hook_layer, resolve_hooks
+from fer_diag.data.concepts import ConceptSuite, build_concepts, concept_windows, concepts_from_jsonl
 from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
 from fer_diag.errors import ConfigError
 from fer_diag.familiarity import familiarity
@@ -37,6 +39,9 @@ from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
 from fer_diag.verdict import VerdictConfig, verdict
 
 PARTIAL = ".partial"
+ID, SHIFTED = SetKind.IN_DISTRIBUTION, SetKind.SHIFTED
+#: the probes' directions (one tensor per concept, hook and basis), next to report.json
+PROBE_DIRECTIONS = "probe_directions.safetensors"
 
 
 class AuditConfig(BaseModel):
@@ -68,6 +73,14 @@ class AuditConfig(BaseModel):
     basis_rotations: int = Field(
         2, ge=0, description="random orthogonal bases per raw hook for the verdict's basis-dependence test"
     )
+    concepts: list[str] | None = Field(
+        None, description="built-in concept sets for the probes (fer_diag.data.concepts.CONCEPTS); None: all; []: none"
+    )
+    concept_per_class: int = Field(16, ge=2, description="examples per class of each built-in concept set")
+    concept_seq_len: int = Field(
+        64, ge=4, description="tokens per sequence-level concept window (a token-level one ends at its marked token)"
+    )
+    probe_folds: int = Field(5, ge=2, description="stratified folds of the probes' cross-validation")
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
 
@@ -91,6 +104,8 @@ class Audit:
         or one built from ``id_texts`` / ``ood_texts`` files.
     graded_texts: JSONL files of user graded levels (``--graded``, see
         :func:`~fer_diag.data.suite.graded_from_jsonl`), appended to the suite.
+    concept_files: JSONL files of user concepts for the probes (``--concepts``, see
+        :func:`~fer_diag.data.concepts.concepts_from_jsonl`), run with the built-in ones.
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class Audit:
         id_texts: Iterable[Path] | None = None,
         ood_texts: Iterable[Path] | None = None,
         graded_texts: Iterable[str | Path] | None = None,
+        concept_files: Iterable[str | Path] | None = None,
         tokenizer: Any = None,
         config: AuditConfig | None = None,
         bridge: bool = False,
@@ -121,6 +137,9 @@ class Audit:
         self.graded_texts = [
             Path(p) for p in ([graded_texts] if isinstance(graded_texts, str | Path) else graded_texts or [])
         ]
+        self.concept_files = [
+            Path(p) for p in ([concept_files] if isinstance(concept_files, str | Path) else concept_files or [])
+        ]
         if bool(self.id_texts) != bool(self.ood_texts):
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")
         self.tokenizer = tokenizer
@@ -129,6 +148,7 @@ class Audit:
         self.resume = resume
         self.progress = progress
         self.seconds: dict[str, float] = {}
+        self._checkpoints: list[Checkpoint | None] = []
 
     # ------------------------------------------------------------------ set-up
     def _build_suite(self, loaded: LoadedModel) -> Suite:
@@ -205,10 +225,55 @@ class Audit:
             analyzers["shifted_latents"] = ShiftedLatentsAnalyzer(tokenizer=tokenizer)
         return analyzers
 
-    def _checkpoint(self, fingerprint: str) -> Checkpoint | None:
+    def _checkpoint(self, fingerprint: str, name: str = "state.pt") -> Checkpoint | None:
         if self.out_dir is None:
             return None
-        return Checkpoint(self.out_dir / PARTIAL / "state.pt", fingerprint, resume=self.resume)
+        return Checkpoint(self.out_dir / PARTIAL / name, fingerprint, resume=self.resume)
+
+    def _concepts(self, loaded: LoadedModel) -> ConceptSuite:
+        """The built-in concept sets of the config and the user's concept files (read first: errors come early)."""
+        c = self.config
+        user = [concepts_from_jsonl(p, seed=c.seed) for p in self.concept_files]
+        built = build_concepts(c.concepts, loaded.tokenizer, n_per_class=c.concept_per_class, seed=c.seed)
+        return ConceptSuite(built.concepts + user, built.skipped)
+
+    def _probes(self, loaded: LoadedModel, hooks: list[str], saes: dict, concepts: ConceptSuite) -> ProbeResult:
+        """Stream the concept sets and their twins through a probe-only pipeline (no logits) and fit the probes."""
+        from fer_diag.analyzers.probes import ConceptSpec, ProbeAnalyzer
+        from fer_diag.basis import SAEBasis
+
+        c = self.config
+        roles = [(s, kind) for cs in concepts for s, kind in ((cs, ID), (cs.twin, SHIFTED)) if s is not None]
+        sets = [s for s, _ in roles]
+        windows = {  # token level: the window ends at the marked token, so only seq_len bounds it
+            s.name: concept_windows(
+                s,
+                loaded.tokenizer,
+                c.concept_seq_len if s.level == "sequence" else c.seq_len,
+                bos_token_id=loaded.bos_token_id,
+                pad_token_id=loaded.pad_token_id,
+            )
+            for s in sets
+        }
+        analyzer = ProbeAnalyzer(
+            tuple(ConceptSpec.of(cs) for cs in concepts),
+            n_folds=c.probe_folds,
+            sparse_hooks=tuple(saes) or None,
+            n_boot=min(c.n_boot, 200),
+            seed=c.seed,
+        )
+        pipeline = Pipeline(
+            Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=False),
+            {"probes": analyzer},
+            sae_basis=SAEBasis(saes) if saes else None,
+            checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes), "probes.pt"),
+            progress=self.progress,
+        )
+        pipeline.run([s.text_set(kind) for s, kind in roles], windows)
+        self._checkpoints.append(pipeline.checkpoint)
+        result = analyzer.compute()
+        result.section.skipped = list(concepts.skipped)
+        return result
 
     # --------------------------------------------------------------------- run
     def run(self) -> Report:
@@ -226,6 +291,7 @@ class Audit:
             hooks = sorted(set(hooks) | set(saes), key=hook_layer)
         suite = self._build_suite(loaded)
         windows = self._windows(loaded, suite)
+        concepts = self._concepts(loaded)
         self.seconds["setup"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()  # streaming: every batch through capture and the analyzers, the first one included
@@ -248,7 +314,13 @@ class Audit:
             seconds=self.seconds,
         )
         resumed = pipeline.run(list(suite), windows, first)
+        self._checkpoints.append(pipeline.checkpoint)
         self.seconds["analysis"] = time.perf_counter() - t1
+        probes = None
+        if len(concepts):
+            t = time.perf_counter()
+            probes = self._probes(loaded, hooks, saes, concepts)
+            self.seconds["probes"] = time.perf_counter() - t
 
         massive = analyzers["massive"].compute()
         t = time.perf_counter()
@@ -294,6 +366,8 @@ class Audit:
                 sections[name] = analyzers[name].compute()
         if control:
             sections["control"] = control
+        if probes is not None:
+            sections["probes"] = probes.section
         self.seconds["statistics"] = time.perf_counter() - t3  # AUROCs, CIs, correlations
         t4 = time.perf_counter()
         sections["verdict"] = verdict(
@@ -303,6 +377,7 @@ class Audit:
             sections.get("sae_fidelity"),
             control["sparsity"] if control else None,
             c.verdict,
+            probes.section if probes is not None else None,
         )
         self.seconds["verdict"] = time.perf_counter() - t4
         report = self._report(loaded, hooks, suite, windows, saes, resumed, sections)
@@ -312,8 +387,11 @@ class Audit:
             from fer_diag.report.render import write_report
 
             write_report(report, self.out_dir)
-            if pipeline.checkpoint is not None:
-                pipeline.checkpoint.clear()
+            if probes is not None:
+                probes.save(self.out_dir / PROBE_DIRECTIONS)
+            for checkpoint in self._checkpoints:
+                if checkpoint is not None:
+                    checkpoint.clear()
         return report
 
     # ----------------------------------------------------------------- report

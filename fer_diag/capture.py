@@ -189,8 +189,8 @@ def stop_layer(model, hooks: Sequence[str]) -> int | None:
         if layer is None and not h.startswith(_EMBED_HOOKS):
             return None  # ln_final / unembed hooks need the whole model
         deepest = max(deepest, -1 if layer is None else layer)
-    n_layers = model.cfg.n_layers
-    return None if deepest + 1 >= n_layers else deepest + 1
+    # stop_at_layer = n_layers still runs every block, and skips only ln_final and the unembedding
+    return deepest + 1
 
 
 @dataclass
@@ -251,7 +251,7 @@ class Capture:
                 labels=None if labels is None else labels[windows.source_index[lo:hi]],
                 meta={"axis": text_set.axis},
             )
-            if stop is None and out is not None:
+            if self.need_logits:
                 batch.token_nll, batch.token_entropy, batch.token_maxprob = token_readouts(out, tokens)
                 if self.keep_logits:
                     batch.logits = out

@@ -29,8 +29,13 @@ participation ratio) — at every hook, and every shifted set and graded axis:
     cross-validated AUROC gain of NLL + score over NLL alone
     (:func:`fer_diag.stats.cv_auroc_gain`) has a CI that reaches 0 (graded:
     |ρ| of NLL ≥ |ρ| of the score).
-  Flags from probes and FER scores (decodable but fractured, high FER index)
-  join this list when those analyzers exist.
+  - ``concepts_not_decodable`` (non-blocking): the audit probed concepts at
+    this hook and basis and none is decodable there — normalised accuracy
+    (accuracy − chance)/(1 − chance) ≥ ``decodable_min`` with the accuracy CI's
+    low end above the shuffled-label control (:func:`decodable`). The signal is
+    then not about any probed concept.
+  Flags from FER scores (decodable but fractured, high FER index) join this
+  list when that analyzer exists.
 
 TRUSTED = signal, no flag; CAUTION = signal, non-blocking flags only;
 UNTRUSTED = no signal or any blocking flag. The *decisive* flag of an untrusted
@@ -50,7 +55,16 @@ from fer_diag.analyzers.baselines import BaselineResult
 from fer_diag.analyzers.sparsity import METRIC_SENSE, SparsityResult
 from fer_diag.basis import basis_privilege
 from fer_diag.familiarity import DetectionRow, FamiliarityResult, GradedRow, axis_of
-from fer_diag.report.sections import BLOCKING, Flag, HookSummary, VerdictConfig, VerdictRow, VerdictSection
+from fer_diag.report.sections import (
+    BLOCKING,
+    Flag,
+    HookSummary,
+    ProbeRow,
+    ProbeSection,
+    VerdictConfig,
+    VerdictRow,
+    VerdictSection,
+)
 
 __all__ = ["BLOCKING", "VerdictConfig", "VerdictSection", "verdict"]
 
@@ -256,6 +270,30 @@ def _control_flag(r, target: str, sparsity: SparsityResult, control: SparsityRes
     )
 
 
+def decodable(row: ProbeRow, cfg: VerdictConfig) -> bool:
+    """A probe reads the concept: normalised accuracy ≥ ``decodable_min`` and the CI's low end above the control."""
+    gain = (row.accuracy - row.chance) / (1 - row.chance) if row.chance < 1 else 0.0
+    return gain >= cfg.decodable_min and row.accuracy_ci[0] > row.control_accuracy
+
+
+def _probe_flag(r, probes: ProbeSection | None, cfg: VerdictConfig) -> Flag | None:
+    here = [p for p in probes.rows if (p.hook, p.basis) == (r.hook, r.basis)] if probes else []
+    if not here or any(decodable(p, cfg) for p in here):
+        return None
+    best = max(here, key=lambda p: (p.accuracy - p.chance) / max(1e-9, 1 - p.chance))
+    return Flag(
+        name="concepts_not_decodable",
+        blocking=False,
+        evidence={
+            p.concept: {"accuracy": _r(p.accuracy), "chance": _r(p.chance), "control": _r(p.control_accuracy)}
+            for p in here
+        },
+        threshold={"decodable_min": cfg.decodable_min},
+        message=f"no probed concept is linearly decodable here (best: {best.concept} {best.accuracy:.2f} "
+        f"vs chance {best.chance:.2f}): the signal is not about any of them",
+    )
+
+
 # --------------------------------------------------------------------------- the verdict
 def verdict(
     familiarity: FamiliarityResult,
@@ -264,12 +302,13 @@ def verdict(
     fidelity: dict | None = None,
     control: SparsityResult | None = None,
     config: VerdictConfig | None = None,
+    probes: ProbeSection | None = None,
 ) -> VerdictSection:
     """The verdict on every sparsity score × hook × shifted set and graded axis (module docstring).
 
     ``fidelity`` is the SAE-fidelity result (``SAEFidelityAnalyzer.compute()``),
-    ``control`` the random-init copy's sparsity result; either may be absent
-    (the flags that need them are then not raised, and the report says so).
+    ``control`` the random-init copy's sparsity result, ``probes`` the probe
+    section; any may be absent (the flags that need them are then not raised).
     """
     cfg = config or VerdictConfig()
     ix = _Index(familiarity)
@@ -296,7 +335,9 @@ def verdict(
             r = ix.row(kind, basis, hook, metric, False, reduce, target)
             if r is None:
                 continue
-            rows.append(_judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, graded_sets.get(target, [])))
+            rows.append(
+                _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, graded_sets.get(target, []), probes)
+            )
     _direction_flags(rows)
     _perplexity_flags(rows, ix, sparsity, baselines, ref, cfg)
     for row in rows:
@@ -309,7 +350,7 @@ def verdict(
     )
 
 
-def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets) -> VerdictRow:
+def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets, probes=None) -> VerdictRow:
     nll = ix.row(kind, None, None, "nll", False, "mean", target, source="baseline")
     note = "SAE latents: a learned basis" if r.basis != "raw" else basis_privilege(r.hook)
     out = VerdictRow(
@@ -353,6 +394,7 @@ def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets
         _length_flag(r, kind, cfg),
         _sae_flag(r, sets, fidelity, ref, cfg) if r.basis != "raw" else None,
         _control_flag(r, farthest, sparsity, control, ref, cfg) if farthest else None,
+        _probe_flag(r, probes, cfg),
     ]
     out.flags.extend(f for f in found if f is not None)
     return out

@@ -48,8 +48,20 @@ def test_bridge_alias_resolves(tiny_bridge):
 
 def test_stop_layer_is_after_deepest_hook(tiny_hooked):
     assert stop_layer(tiny_hooked.model, ["blocks.0.hook_resid_post"]) == 1
-    assert stop_layer(tiny_hooked.model, ["blocks.1.hook_resid_post"]) is None  # last layer: whole model
+    assert stop_layer(tiny_hooked.model, ["blocks.1.hook_resid_post"]) == 2  # every block, no unembedding
     assert stop_layer(tiny_hooked.model, ["ln_final.hook_normalized"]) is None
+
+
+@pytest.mark.parametrize("which", ["tiny_hooked", "tiny_bridge"])
+def test_stopping_after_the_last_block_captures_what_the_full_model_does(which, request, windows):
+    loaded = request.getfixturevalue(which)
+    ts, w = windows
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    full = next(Capture(loaded.model, hooks, batch_size=4, need_logits=True).batches(w, ts))
+    stopped = next(Capture(loaded.model, hooks, batch_size=4, need_logits=False).batches(w, ts))
+    assert stopped.token_nll is None  # no logits asked for: no readouts
+    for h in hooks:
+        torch.testing.assert_close(stopped.acts[h], full.acts[h])
 
 
 def test_hooked_and_bridge_capture_the_same_activations(tiny_hooked, tiny_bridge, windows):

@@ -17,10 +17,13 @@ directions in the hook's own units) are kept in the result for the FER scores.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file
 
 from fer_diag.analyzers.base import Analyzer, Reading
 from fer_diag.analyzers.persequence import SequenceSample
@@ -76,6 +79,19 @@ class ProbeResult:
 
     section: ProbeSection
     fits: dict[tuple[str, str, str], ProbeFit] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """The probe directions as safetensors: ``{concept}/{hook}/{basis}/direction`` ``[classes, d]`` and
+        ``…/intercept``; the metadata maps each ``{concept}/{hook}/{basis}`` to its classes (JSON)."""
+        tensors: dict[str, np.ndarray] = {}
+        meta: dict[str, str] = {}
+        for (concept, hook, basis), fit in self.fits.items():
+            key = f"{concept}/{hook}/{basis}"
+            tensors[f"{key}/direction"] = np.ascontiguousarray(fit.direction, dtype=np.float32)
+            tensors[f"{key}/intercept"] = np.ascontiguousarray(fit.intercept, dtype=np.float32)
+            meta[key] = json.dumps([str(c) for c in fit.classes])
+        save_file(tensors, str(path), metadata=meta)
+        return Path(path)
 
 
 def pooled(batch: ActivationBatch, level: Level) -> dict[str, torch.Tensor]:

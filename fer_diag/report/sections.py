@@ -357,6 +357,8 @@ class ControlSection(Section):
 
 # --------------------------------------------------------------------------- verdict
 Status = Literal["TRUSTED", "CAUTION", "UNTRUSTED"]
+
+
 class ConceptInfo(Section):
     """A concept set the probes were trained on (``fer_diag.data.concepts``)."""
 
@@ -427,6 +429,9 @@ class VerdictConfig(BaseModel):
     sae_ce_drop: float = Field(0.05, description="SAE unfaithful: CE-loss score drops by more than this")
     control_gap_ratio: float = Field(0.5, description="not learned: random-init gap ≥ this × the trained gap")
     length_min_pair_frac: float = Field(0.25, description="length-matched AUROC used when it keeps this share of pairs")
+    decodable_min: float = Field(
+        0.5, description="a concept is decodable: (accuracy − chance)/(1 − chance) ≥ this, CI low end > control"
+    )
     cv_splits: int = Field(5, ge=2, description="folds of the NLL + score logistic regression")
     n_boot: int = Field(500, ge=0, description="bootstrap resamples of the CV gain CI")
     seed: int = 0
