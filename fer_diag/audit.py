@@ -26,20 +26,24 @@ from pydantic import BaseModel, Field
 from fer_diag.analyzers.base import Analyzer
 from fer_diag.analyzers.baselines import BaselineAnalyzer
 from fer_diag.analyzers.massive import MassiveAnalyzer, calibrate_massive_dims
-from fer_diag.analyzers.probes import ProbeResult
+from fer_diag.analyzers.probes import ProbeAnalyzer, ProbeResult
 from fer_diag.analyzers.sparsity import SparsityAnalyzer
-from fer_diag.capture import Capture, hook_layer, resolve_hooks
+from fer_diag.capture import Capture, available_hooks, hook_layer, resolve_hooks
 from fer_diag.data.concepts import ConceptSuite, build_concepts, concept_windows, concepts_from_jsonl
 from fer_diag.data.suite import SetKind, Suite, Windows, tokenize_windows
 from fer_diag.errors import ConfigError
 from fer_diag.familiarity import familiarity
+from fer_diag.fer import ENTANGLEMENT, FRACTURE
 from fer_diag.models import LoadedModel, check_seq_len, load_model
-from fer_diag.pipeline import Checkpoint, Pipeline
+from fer_diag.pipeline import Checkpoint, Pipeline, progress_bar
 from fer_diag.report.schema import ModelInfo, Report, RunInfo, TextSetInfo
+from fer_diag.report.sections import FERRow, FERSection, ProbeSection
 from fer_diag.verdict import VerdictConfig, verdict
 
 PARTIAL = ".partial"
 ID, SHIFTED = SetKind.IN_DISTRIBUTION, SetKind.SHIFTED
+#: folder of the FER co-activation graphs (GraphML), next to report.json
+FER_GRAPHS = "fer_graphs"
 #: the probes' directions (one tensor per concept, hook and basis), next to report.json
 PROBE_DIRECTIONS = "probe_directions.safetensors"
 
@@ -81,6 +85,13 @@ class AuditConfig(BaseModel):
         64, ge=4, description="tokens per sequence-level concept window (a token-level one ends at its marked token)"
     )
     probe_folds: int = Field(5, ge=2, description="stratified folds of the probes' cross-validation")
+    probe_neurons: bool = Field(
+        True, description="also probe the MLP neurons (mlp.hook_post) at each SAE's layer: FER on neurons vs latents"
+    )
+    fer: bool = Field(True, description="FER scores on SAE latents and privileged neurons (needs the probes)")
+    fer_boot: int = Field(
+        10, ge=0, description="bootstrap replicates of each FER index CI (each costs a full FER pass)"
+    )
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
 
@@ -237,12 +248,18 @@ class Audit:
         built = build_concepts(c.concepts, loaded.tokenizer, n_per_class=c.concept_per_class, seed=c.seed)
         return ConceptSuite(built.concepts + user, built.skipped)
 
-    def _probes(self, loaded: LoadedModel, hooks: list[str], saes: dict, concepts: ConceptSuite) -> ProbeResult:
+    def _probes(
+        self, loaded: LoadedModel, hooks: list[str], saes: dict, concepts: ConceptSuite
+    ) -> tuple[ProbeResult, ProbeAnalyzer]:
         """Stream the concept sets and their twins through a probe-only pipeline (no logits) and fit the probes."""
         from fer_diag.analyzers.probes import ConceptSpec, ProbeAnalyzer
         from fer_diag.basis import SAEBasis
 
         c = self.config
+        if c.probe_neurons:  # privileged neurons beside each SAE: the FER comparison neurons vs latents
+            known = set(available_hooks(loaded.model))
+            neurons = {f"blocks.{hook_layer(h)}.mlp.hook_post" for h in saes if hook_layer(h) is not None} & known
+            hooks = sorted({*hooks, *neurons}, key=lambda h: (hook_layer(h) or -1, h))
         roles = [(s, kind) for cs in concepts for s, kind in ((cs, ID), (cs.twin, SHIFTED)) if s is not None]
         sets = [s for s, _ in roles]
         windows = {  # token level: the window ends at the marked token, so only seq_len bounds it
@@ -273,7 +290,64 @@ class Audit:
         self._checkpoints.append(pipeline.checkpoint)
         result = analyzer.compute()
         result.section.skipped = list(concepts.skipped)
-        return result
+        return result, analyzer
+
+    def _fer(self, analyzer: ProbeAnalyzer, saes: dict, probes: ProbeSection) -> tuple[FERSection, dict]:
+        """FER scores at every hook × basis the probes saw where the basis has features (SAE latents, MLP neurons).
+
+        Returns the section and the co-activation graphs (``hook/basis → networkx.Graph``).
+        """
+        import networkx as nx
+
+        from fer_diag.basis import basis_privilege
+        from fer_diag.fer import FERConfig, fer_scores
+        from fer_diag.verdict import decodable
+
+        c = self.config
+        cfg = FERConfig(n_boot=c.fer_boot, n_folds=c.probe_folds, seed=c.seed)
+        places = sorted({(k[1], k[2]) for k in analyzer.samples}, key=lambda p: (hook_layer(p[0]) or -1, p))
+        probe_rows = {(x.concept, x.hook, x.basis): x for x in probes.rows}
+        rows, not_scored, graphs = [], [], {}
+        with progress_bar(self.progress) as bar:
+            task = bar.add_task("FER scores", total=len(places)) if bar else None
+            for hook, basis in places:
+                if bar:
+                    bar.advance(task)
+                if basis == "raw" and basis_privilege(hook) is None:
+                    not_scored.append(
+                        f"{hook}/raw: its coordinates are not features (a function-preserving rotation changes "
+                        "them); FER is scored on SAE latents and privileged MLP neurons"
+                    )
+                    continue
+                decoder = None if basis == "raw" else saes[hook].W_dec.detach().double().cpu().numpy()
+                scores = fer_scores(analyzer.activations(hook, basis), decoder, cfg)
+                graphs[f"{hook}/{basis}"] = nx.node_link_graph(scores[0].graph, edges="edges")
+                for sc in scores:
+                    probe = probe_rows.get((sc.concept, hook, basis))
+                    comps = {k: getattr(sc, k) for k in (*FRACTURE, *ENTANGLEMENT)}
+                    rows.append(
+                        FERRow(
+                            hook=hook,
+                            basis=basis,
+                            concept=sc.concept,
+                            level=sc.level,
+                            **{k: comp.value for k, comp in comps.items()},
+                            reasons={k: comp.reason for k, comp in comps.items() if comp.value is None and comp.reason},
+                            index=sc.index,
+                            index_ci=sc.index_ci,
+                            index_bias=sc.index_bias,
+                            components_used=sc.components_used,
+                            n_selective=len(sc.selective_latents),
+                            decodable=None if probe is None else decodable(probe, c.verdict),
+                        )
+                    )
+        section = FERSection(
+            config=cfg.model_dump(),
+            rows=rows,
+            not_scored=not_scored,
+            graphs={key: f"{FER_GRAPHS}/{key.replace('/', '.')}.graphml" for key in graphs},
+        )
+        return section, graphs
 
     # --------------------------------------------------------------------- run
     def run(self) -> Report:
@@ -316,11 +390,15 @@ class Audit:
         resumed = pipeline.run(list(suite), windows, first)
         self._checkpoints.append(pipeline.checkpoint)
         self.seconds["analysis"] = time.perf_counter() - t1
-        probes = None
+        probes, fer, graphs = None, None, {}
         if len(concepts):
             t = time.perf_counter()
-            probes = self._probes(loaded, hooks, saes, concepts)
+            probes, probe_analyzer = self._probes(loaded, hooks, saes, concepts)
             self.seconds["probes"] = time.perf_counter() - t
+            if c.fer:
+                t = time.perf_counter()
+                fer, graphs = self._fer(probe_analyzer, saes, probes.section)
+                self.seconds["fer"] = time.perf_counter() - t
 
         massive = analyzers["massive"].compute()
         t = time.perf_counter()
@@ -368,6 +446,8 @@ class Audit:
             sections["control"] = control
         if probes is not None:
             sections["probes"] = probes.section
+        if fer is not None:
+            sections["fer"] = fer
         self.seconds["statistics"] = time.perf_counter() - t3  # AUROCs, CIs, correlations
         t4 = time.perf_counter()
         sections["verdict"] = verdict(
@@ -378,6 +458,7 @@ class Audit:
             control["sparsity"] if control else None,
             c.verdict,
             probes.section if probes is not None else None,
+            fer,
         )
         self.seconds["verdict"] = time.perf_counter() - t4
         report = self._report(loaded, hooks, suite, windows, saes, resumed, sections)
@@ -386,9 +467,10 @@ class Audit:
         if self.out_dir is not None:
             from fer_diag.report.render import write_report
 
-            write_report(report, self.out_dir)
             if probes is not None:
                 probes.save(self.out_dir / PROBE_DIRECTIONS)
+            _write_graphs(graphs, fer, self.out_dir)  # before the report: its plots draw the worst graph
+            write_report(report, self.out_dir)
             for checkpoint in self._checkpoints:
                 if checkpoint is not None:
                     checkpoint.clear()
@@ -425,6 +507,16 @@ class Audit:
             config=c.model_dump(),
             **{k: _jsonable(v) for k, v in sections.items()},
         )
+
+
+def _write_graphs(graphs: dict, fer: FERSection | None, out_dir: Path) -> None:
+    """The FER co-activation graphs as GraphML, at the paths the FER section names."""
+    import networkx as nx
+
+    for key, graph in graphs.items():
+        path = out_dir / fer.graphs[key]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nx.write_graphml(graph, path)
 
 
 def _rotated(basis: str | None) -> bool:

@@ -77,6 +77,19 @@ def _build_config(cls, **values):
         raise ConfigError("; ".join(problems)) from None
 
 
+def _concept_names(value: str) -> list[str] | None:
+    """``--builtin-concepts``: None for all, [] for none, else the named sets (unknown names refused)."""
+    from fer_diag.data.concepts import CONCEPTS
+
+    if value.strip() == "all":
+        return None
+    names = [] if value.strip() == "none" else [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONCEPTS]
+    if unknown:
+        raise ConfigError(f"--builtin-concepts: unknown {unknown}; choose among {', '.join(CONCEPTS)}, all or none")
+    return names
+
+
 def _check_text_files(paths: list[Path] | None) -> None:
     from fer_diag.data.sources import check_text_file
 
@@ -122,6 +135,22 @@ def audit(
             'the file name) and "source" (id of the text a line was made from); added to the suite; repeatable',
         ),
     ] = None,
+    concepts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--concepts",
+            help='your concept for the probes, JSONL: {"text": …, "label": …} per line (sequence level), or with '
+            '"span": [start, end] character offsets (token level; optional "span_text" is checked); repeatable',
+        ),
+    ] = None,
+    builtin_concepts: Annotated[
+        str,
+        typer.Option(
+            help="built-in concept sets for the probes, comma-separated (language,source_kind,first_letter,"
+            "token_kinds), 'all' or 'none'"
+        ),
+    ] = "all",
+    concept_per_class: Annotated[int, typer.Option(help="examples per class of each built-in concept set")] = 16,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
@@ -137,7 +166,8 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON report to stdout")] = False,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Audit a model: sparsity per layer and text set, massive activations, familiarity AUROCs, SAE fidelity."""
+    """Audit a model: sparsity per layer and text set, massive activations, familiarity AUROCs, SAE fidelity,
+    concept probes and the verdict."""
     from fer_diag.audit import Audit, AuditConfig
 
     try:  # everything that can be checked without the model, before it loads
@@ -153,6 +183,8 @@ def audit(
             default_saes=default_saes,
             seed=seed,
             device=device,
+            concepts=_concept_names(builtin_concepts),
+            concept_per_class=concept_per_class,
         )
         if bool(id_text) != bool(ood_text):
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")
@@ -162,6 +194,11 @@ def audit(
             from fer_diag.data.suite import check_graded_files
 
             check_graded_files(graded)  # format, levels, axes: the whole file, not just its first bytes
+        if concepts:
+            from fer_diag.data.concepts import concepts_from_jsonl
+
+            for path in concepts:
+                concepts_from_jsonl(path)  # the whole file: fields, spans, classes
         from fer_diag.models import check_available, check_seq_len
 
         check_seq_len(model, seq_len, bridge=bridge)  # also refuses an unknown model name
@@ -184,6 +221,7 @@ def audit(
             id_texts=id_text,
             ood_texts=ood_text,
             graded_texts=graded,
+            concept_files=concepts,
             config=config,
             bridge=bridge,
             out_dir=out,

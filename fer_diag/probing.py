@@ -19,6 +19,7 @@ bookkeeping live in :mod:`fer_diag.analyzers.probes`.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,7 +156,10 @@ def grouped_folds(
         raise ProbeInputError("rows of one group (copies of one example) must share their label")
     fold = np.empty(len(ids), dtype=int)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for f, (_, test) in enumerate(splitter.split(ids, y[first])):
+    with warnings.catch_warnings():  # a bootstrap draw of a small class can hold fewer examples than folds
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(splitter.split(ids, y[first]))
+    for f, (_, test) in enumerate(splits):
         fold[test] = f
     fold = fold[row_group]
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(n_folds)]

@@ -34,8 +34,11 @@ participation ratio) — at every hook, and every shifted set and graded axis:
     (accuracy − chance)/(1 − chance) ≥ ``decodable_min`` with the accuracy CI's
     low end above the shuffled-label control (:func:`decodable`). The signal is
     then not about any probed concept.
-  Flags from FER scores (decodable but fractured, high FER index) join this
-  list when that analyzer exists.
+  - ``structure_broken``: a concept's FER index (:mod:`fer_diag.fer`) at this
+    hook and basis is above ``fer_index_max`` — the signal sits on fractured,
+    entangled organisation; the evidence says which concepts are nonetheless
+    decodable ("decodable but fractured"). FER is scored only on SAE latents and
+    privileged neurons, so the raw residual stream never gets this flag.
 
 TRUSTED = signal, no flag; CAUTION = signal, non-blocking flags only;
 UNTRUSTED = no signal or any blocking flag. The *decisive* flag of an untrusted
@@ -57,6 +60,7 @@ from fer_diag.basis import basis_privilege
 from fer_diag.familiarity import DetectionRow, FamiliarityResult, GradedRow, axis_of
 from fer_diag.report.sections import (
     BLOCKING,
+    FERSection,
     Flag,
     HookSummary,
     ProbeRow,
@@ -294,6 +298,27 @@ def _probe_flag(r, probes: ProbeSection | None, cfg: VerdictConfig) -> Flag | No
     )
 
 
+def _fer_flag(r, fer: FERSection | None, cfg: VerdictConfig) -> Flag | None:
+    here = [x for x in fer.rows if (x.hook, x.basis) == (r.hook, r.basis) and x.index is not None] if fer else []
+    broken = [x for x in here if x.index > cfg.fer_index_max]
+    if not broken:
+        return None
+    fractured = [x.concept for x in broken if x.decodable]
+    worst = max(broken, key=lambda x: x.index)
+    what = f"; decodable but fractured: {', '.join(fractured)}" if fractured else ""
+    return Flag(
+        name="structure_broken",
+        blocking=True,
+        evidence={
+            x.concept: {"index": _r(x.index), "ci": x.index_ci, "decodable": x.decodable, "used": x.components_used}
+            for x in here
+        },
+        threshold={"fer_index_max": cfg.fer_index_max},
+        message=f"the signal sits on fractured, entangled organisation: FER index of {worst.concept} "
+        f"{worst.index:.2f} > {cfg.fer_index_max}{what}",
+    )
+
+
 # --------------------------------------------------------------------------- the verdict
 def verdict(
     familiarity: FamiliarityResult,
@@ -303,12 +328,14 @@ def verdict(
     control: SparsityResult | None = None,
     config: VerdictConfig | None = None,
     probes: ProbeSection | None = None,
+    fer: FERSection | None = None,
 ) -> VerdictSection:
     """The verdict on every sparsity score × hook × shifted set and graded axis (module docstring).
 
     ``fidelity`` is the SAE-fidelity result (``SAEFidelityAnalyzer.compute()``),
     ``control`` the random-init copy's sparsity result, ``probes`` the probe
-    section; any may be absent (the flags that need them are then not raised).
+    section, ``fer`` the FER section; any may be absent (the flags that need them
+    are then not raised).
     """
     cfg = config or VerdictConfig()
     ix = _Index(familiarity)
@@ -336,7 +363,9 @@ def verdict(
             if r is None:
                 continue
             rows.append(
-                _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, graded_sets.get(target, []), probes)
+                _judge(
+                    ix, r, kind, target, cfg, ref, sparsity, fidelity, control, graded_sets.get(target, []), probes, fer
+                )
             )
     _direction_flags(rows)
     _perplexity_flags(rows, ix, sparsity, baselines, ref, cfg)
@@ -350,7 +379,7 @@ def verdict(
     )
 
 
-def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets, probes=None) -> VerdictRow:
+def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets, probes=None, fer=None) -> VerdictRow:
     nll = ix.row(kind, None, None, "nll", False, "mean", target, source="baseline")
     note = "SAE latents: a learned basis" if r.basis != "raw" else basis_privilege(r.hook)
     out = VerdictRow(
@@ -395,6 +424,7 @@ def _judge(ix, r, kind, target, cfg, ref, sparsity, fidelity, control, axis_sets
         _sae_flag(r, sets, fidelity, ref, cfg) if r.basis != "raw" else None,
         _control_flag(r, farthest, sparsity, control, ref, cfg) if farthest else None,
         _probe_flag(r, probes, cfg),
+        _fer_flag(r, fer, cfg),
     ]
     out.flags.extend(f for f in found if f is not None)
     return out

@@ -57,7 +57,9 @@ def _suite() -> Suite:
     )
 
 
-CONFIG = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=50, random_init_control=True, control_sets=2)
+CONFIG = AuditConfig(
+    seq_len=32, max_seqs=6, batch_size=4, n_boot=50, random_init_control=True, control_sets=2, concepts=[]
+)
 
 
 def test_default_hooks_cover_every_third_and_last_layer():
@@ -201,3 +203,64 @@ def test_graded_files_are_appended_to_the_suite_of_id_and_ood_files(tiny_hooked,
     assert suite.names[:2] == ["mine", "other"] and suite.names[-2:] == ["mine_0", "mine_1"]
     assert suite.axes == ["shift", "mine"]  # the built-in axis from the ID text, then the user's
     assert [len(s) for s in suite.axis("mine")] == [3, 3]
+
+
+# --------------------------------------------------------------------- probes and FER in the audit
+def _concept_files(tmp_path):
+    """A sequence-level concept (plain words vs scrambled) and a token-level one (the word "cat" vs "dog" marked)."""
+    rng = random.Random(11)
+    seq, tok = tmp_path / "kind.jsonl", tmp_path / "animal.jsonl"
+    lines = [{"text": t, "label": "words"} for t in _texts(20, n=8)]
+    lines += [{"text": t, "label": "noise"} for t in _texts(21, n=8, scramble=True)]
+    seq.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows = []
+    for i in range(16):
+        animal = ("cat", "dogs")[i % 2]
+        head = " ".join(rng.choice(WORDS) for _ in range(6)) + " "
+        rows.append({"text": head + animal + " sat", "label": animal, "span": [len(head), len(head) + len(animal)]})
+    tok.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return [seq, tok]
+
+
+def test_audit_probes_user_concepts_and_scores_fer_on_the_sae(tiny_hooked, tmp_path):
+    hook = "blocks.1.hook_resid_post"
+    saes = {hook: make_sae(tiny_hooked.d_model, hook)}
+    cfg = CONFIG.model_copy(update={"random_init_control": False, "n_boot": 0, "probe_folds": 4, "fer_boot": 2})
+    out = tmp_path / "out"
+    report = Audit(
+        tiny_hooked,
+        hooks=["blocks.*.hook_resid_post"],
+        saes=saes,
+        suite=_suite(),
+        concept_files=_concept_files(tmp_path),
+        config=cfg,
+        out_dir=out,
+        progress=False,
+    ).run()
+    probes = report.frame("probes")
+    assert set(probes.concept) == {"kind", "animal"}
+    neurons = "blocks.1.mlp.hook_post"  # probed beside the SAE: FER on neurons vs latents
+    assert set(zip(probes.hook, probes.basis, strict=True)) == {
+        ("blocks.0.hook_resid_post", "raw"),
+        (hook, "raw"),
+        (hook, "sae"),
+        (neurons, "raw"),
+    }
+    kind = probes[(probes.concept == "kind") & (probes.basis == "raw")]
+    assert (kind.accuracy > 0.9).all()  # scrambled vs plain text: any layer reads it
+    assert (probes.n == 16).all() and (probes.n_twin == 16).all()
+    sparse = report.frame("probes.sparse")
+    assert set(zip(sparse.hook, sparse.basis, strict=True)) == {(hook, "raw"), (hook, "sae")}  # at the SAE hooks
+    fer = report.frame("fer")
+    assert set(zip(fer.hook, fer.basis, strict=True)) == {(hook, "sae"), (neurons, "raw")}  # residual: not scored
+    assert any("not features" in why for why in report.fer.not_scored)
+    assert fer["index"].between(0, 1).all()
+    animal = report.fer.rows[[r.concept for r in report.fer.rows].index("animal")]
+    assert animal.absorption is not None  # token level, SAE basis: absorption defined
+    kind_row = report.fer.rows[[r.concept for r in report.fer.rows].index("kind")]
+    assert kind_row.absorption is None and "sequence" in kind_row.reasons["absorption"]
+    assert (out / report.fer.graphs[f"{hook}/sae"]).is_file()
+    assert (out / "probe_directions.safetensors").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Probes" in md and "## Fractured-entanglement" in md
+    assert "probe_kind" in report.plots

@@ -421,6 +421,6 @@ def test_audit_refuses_a_window_longer_than_the_context_before_any_forward(tiny_
 
     monkeypatch.setattr(tiny_hooked.model, "forward", no_forward)
     n_ctx = tiny_hooked.model.cfg.n_ctx
-    config = AuditConfig(seq_len=n_ctx + 1, random_init_control=False, default_saes=False)
+    config = AuditConfig(seq_len=n_ctx + 1, random_init_control=False, default_saes=False, concepts=[])
     with pytest.raises(ConfigError, match=rf"--seq-len {n_ctx + 1} is longer than the context"):
         Audit(tiny_hooked, hooks=["blocks.0.hook_resid_post"], config=config).run()

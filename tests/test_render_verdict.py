@@ -371,7 +371,9 @@ def test_rendering_3000_rows_is_fast(tmp_path):
 def audited(tiny_hooked, tmp_path_factory) -> tuple[Report, object]:
     out = tmp_path_factory.mktemp("verdict-render")
     suite = _suite()
-    config = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2)
+    config = AuditConfig(
+        seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2, concepts=[]
+    )
     hooks = ["blocks.*.hook_resid_post"]
     Audit(tiny_hooked, hooks=hooks, suite=suite, config=config, out_dir=out, progress=False).run()
     return Report.from_json(out / "report.json"), out

@@ -32,7 +32,9 @@ from fer_diag.report.terminal import print_summary
 SAE_HOOK = "blocks.1.hook_resid_post"
 
 
-CONFIG = AuditConfig(seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2)
+CONFIG = AuditConfig(
+    seq_len=32, max_seqs=6, batch_size=4, n_boot=20, random_init_control=True, control_sets=2, concepts=[]
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from fer_diag.analyzers.base import Analyzer, Reading
 from fer_diag.analyzers.persequence import SequenceSample
 from fer_diag.capture import ActivationBatch
 from fer_diag.data.concepts import ConceptSet, Level
+from fer_diag.fer import ConceptActivations
 from fer_diag.probing import (
     K_SPARSE,
     ProbeFit,
@@ -177,6 +178,35 @@ class ProbeAnalyzer(Analyzer):
         parts = [self.samples[k].arrays()[3] for k in keys]
         y = np.concatenate([np.full(len(p), k[3]) for k, p in zip(keys, parts, strict=True)])
         return np.concatenate(parts), y
+
+    def activations(self, hook: str, basis: str) -> list[ConceptActivations]:
+        """The FER scores' input at one hook in one basis: every concept's examples, its twin's and the raw vectors.
+
+        Both bases hold the same windows (each reservoir keeps the lowest-numbered
+        ones of a class), so row ``i`` of ``X`` and of ``raw`` is one example.
+        """
+        out = []
+        for spec in self.concepts:
+            X, y = self.examples(spec.name, hook, basis)
+            if not len(y):
+                continue
+            X_t, y_t = self.examples(spec.twin, hook, basis) if spec.twin else (None, None)
+            raw, y_raw = self.examples(spec.name, hook, "raw")
+            if not np.array_equal(y_raw, y):
+                raise ValueError(f"the raw and {basis} reservoirs of {spec.name!r} at {hook} hold different examples")
+            out.append(
+                ConceptActivations(
+                    name=spec.name,
+                    level=spec.level,
+                    classes=spec.classes,
+                    X=X.astype(np.float64),
+                    y=y,
+                    X_twin=None if y_t is None or not len(y_t) else X_t.astype(np.float64),
+                    y_twin=None if y_t is None or not len(y_t) else y_t,
+                    raw=raw.astype(np.float64),
+                )
+            )
+        return out
 
     def compute(self) -> ProbeResult:
         rows: list[ProbeRow] = []

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 from fer_diag.report.sections import (
     DetectionRow,
     FeatureDensity,
+    FERRow,
     FidelitySet,
     GradedRow,
     LatentContext,
     MaskedFidelity,
     MassiveDim,
     MassiveHook,
+    ProbeRow,
     ShiftedLatent,
     SparsitySection,
     TokenMetricStats,
@@ -237,6 +239,33 @@ def _verdict_hooks(r: Report) -> Rows:
         }
 
 
+# --------------------------------------------------------------------------- probes
+PROBE_COLUMNS = _split_ci(_fields(ProbeRow, drop=("sparse_accuracy", "top_features")))
+SPARSE_COLUMNS = ["concept", "hook", "basis", "k", "accuracy"]
+
+
+def _probe_rows(r: Report) -> Rows:
+    fields = _fields(ProbeRow, drop=("sparse_accuracy", "top_features"))
+    for x in r.probes.rows if r.probes else []:
+        yield _row(x, fields)
+
+
+def _probe_sparse(r: Report) -> Rows:
+    for x in r.probes.rows if r.probes else []:
+        for k, acc in x.sparse_accuracy.items():
+            yield {"concept": x.concept, "hook": x.hook, "basis": x.basis, "k": k, "accuracy": acc}
+
+
+# --------------------------------------------------------------------------- FER
+FER_COLUMNS = _split_ci(_fields(FERRow, drop=("reasons", "components_used")))
+
+
+def _fer_rows(r: Report) -> Rows:
+    fields = _fields(FERRow, drop=("reasons", "components_used"))
+    for x in r.fer.rows if r.fer else []:
+        yield _row(x, fields)
+
+
 # --------------------------------------------------------------------------- registry
 #: frame name → (columns, rows of a report), in the order :func:`names` lists them
 FRAMES: dict[str, tuple[list[str], Callable[[Report], Rows]]] = {
@@ -253,6 +282,9 @@ FRAMES: dict[str, tuple[list[str], Callable[[Report], Rows]]] = {
     "control": (PROFILE_COLUMNS, lambda r: _profiles(r.control.sparsity if r.control else None)),
     "verdict.rows": (VERDICT_COLUMNS, _verdict_rows),
     "verdict.hooks": (VERDICT_HOOK_COLUMNS, _verdict_hooks),
+    "probes": (PROBE_COLUMNS, _probe_rows),
+    "probes.sparse": (SPARSE_COLUMNS, _probe_sparse),
+    "fer": (FER_COLUMNS, _fer_rows),
 }
 
 

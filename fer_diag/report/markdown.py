@@ -228,6 +228,106 @@ def _control(r: Report) -> str:
     )
 
 
+def _probes(r: Report) -> str:
+    """Decodability per concept: accuracy per hook (raw, SAE), selectivity, k-sparse accuracy and transfer."""
+    pr = r.probes
+    if not pr or not pr.rows:
+        return ""
+    out = [
+        "## Probes: which concepts can a linear probe read, and where?",
+        "",
+        f"Standardised logistic regression, stratified {pr.n_folds}-fold CV accuracy [Wilson 95 % CI]; control = "
+        "the same probe on shuffled labels (selectivity = accuracy − control); k-sparse = the k features with the "
+        "largest class-mean difference on the training fold; transfer = trained in-distribution, scored on the "
+        "shifted twin (drop = accuracy − transfer).",
+    ]
+    ks = [k for k in (1, 5, 20) if k in pr.ks]
+    for c in pr.concepts:
+        rows = [x for x in pr.rows if x.concept == c.name]
+        per_class = sorted(set(c.n_per_class.values()))
+        out += [
+            "",
+            f"### {c.name} ({c.level} level, {len(c.classes)} classes, "
+            f"{'/'.join(map(str, per_class))} examples per class, chance {fmt(rows[0].chance, 2) if rows else '–'})",
+            "",
+            f"Source: {c.source or '–'}. Twin: {c.twin_shift or 'none'} ({c.n_twin} examples).",
+        ]
+        out += [f"- {note}" for note in [*c.dropped, *c.notes]]
+        header = ["hook", "basis", "accuracy", "control", "selectivity", *(f"{k}-sparse" for k in ks), "transfer drop"]
+        body = [
+            [
+                x.hook,
+                x.basis,
+                fmt_ci(x.accuracy, x.accuracy_ci),
+                fmt(x.control_accuracy, 2),
+                fmt(x.selectivity, 2),
+                *(fmt(x.sparse_accuracy.get(k), 2) for k in ks),
+                fmt(x.transfer_drop, 2),
+            ]
+            for x in sorted(rows, key=lambda x: (views.layer_of(x.hook), x.basis))
+        ]
+        out += ["", table(header, body)]
+    if pr.skipped:
+        out += ["", "Concepts not run: " + "; ".join(pr.skipped)]
+    return "\n".join(out)
+
+
+FER_ABBR = {
+    "split_count": "split",
+    "absorption": "absorb",
+    "context_fracture": "context",
+    "graph_fragmentation": "fragm",
+    "mixed_selectivity": "mixed",
+    "cross_talk": "x-talk",
+    "modularity_deficit": "modul",
+}
+
+
+def _fer(r: Report) -> str:
+    """FER components and index per hook × basis × concept, with a plain line for each index above threshold."""
+    fer = r.fer
+    if not fer or not (fer.rows or fer.not_scored):
+        return ""
+    limit = r.verdict.config.fer_index_max if r.verdict else None
+    out = [
+        "## Fractured-entanglement (FER) scores",
+        "",
+        "Each component in [0, 1], 0 = clean (docs/metrics.md): fracture = split count, absorption, context "
+        "fracture (in-distribution vs twin), co-activation graph fragmentation; entanglement = mixed selectivity, "
+        "cross-talk, modularity deficit. Index = mean of the defined components [bias-shifted bootstrap CI]; "
+        "– = not defined here. No published FER metric exists for language models: these are fer-diag's.",
+    ]
+    lines = []
+    for hook, basis in dict.fromkeys((x.hook, x.basis) for x in fer.rows):
+        rows = [x for x in fer.rows if (x.hook, x.basis) == (hook, basis)]
+        header = ["concept", "index", *FER_ABBR.values(), "decodable"]
+        body = [
+            [
+                x.concept,
+                fmt_ci(x.index, x.index_ci),
+                *(fmt(getattr(x, k), 2) for k in FER_ABBR),
+                {True: "yes", False: "no", None: "–"}[x.decodable],
+            ]
+            for x in rows
+        ]
+        graph = fer.graphs.get(f"{hook}/{basis}")
+        out += ["", f"### {hook} ({basis})" + (f" — co-activation graph: `{graph}`" if graph else ""), ""]
+        out += [table(header, body)]
+        for x in rows:
+            if limit is not None and x.index is not None and x.index > limit:
+                worst = max(x.components_used, key=lambda k: getattr(x, k))
+                state = "decodable but fractured" if x.decodable else "not decodable, and fractured"
+                lines.append(
+                    f"- {hook} ({basis}): **{x.concept}** is {state}: FER index {fmt(x.index, 2)} > {limit} "
+                    f"(largest component: {worst.replace('_', ' ')} {fmt(getattr(x, worst), 2)})."
+                )
+    if lines:
+        out += ["", f"Above the verdict's threshold (fer_index_max = {limit}):", "", *lines]
+    if fer.not_scored:
+        out += ["", "Not scored:", "", *(f"- {why}" for why in fer.not_scored)]
+    return "\n".join(out)
+
+
 def _seq_mean(prof: Profile | None, metric: str) -> float | None:
     """Unmasked mean over windows of ``metric`` in a profile (None when absent)."""
     side = None if prof is None else prof.metrics.get(metric, {}).get("unmasked")
@@ -255,7 +355,7 @@ def render_markdown(r: Report) -> Markdown:
     parts = [_title(r), render_verdict(r), _overview(r)]
     for basis in views.bases(r):
         parts += [_profiles(r, basis), _familiarity(r, basis), _graded(r, basis)]
-    parts += [render_sae(r), _massive(r), _control(r), _plots(r)]
+    parts += [render_sae(r), _probes(r), _fer(r), _massive(r), _control(r), _plots(r)]
     out = Markdown("\n\n".join(p for p in parts if p) + "\n")
     out.report = r
     return out

@@ -182,6 +182,70 @@ def _verdict_heatmap(report: Report, view, basis: str, hooks: list[str], scores:
     return _save(fig, path)
 
 
+def probe_curves(report: Report, out: Path) -> list[Path]:
+    """Per concept: CV accuracy per layer (raw, each SAE, k-sparse on SAE latents) beside chance and the control."""
+    pr = report.probes
+    paths: list[Path] = []
+    for c in pr.concepts if pr else []:
+        rows = sorted((x for x in pr.rows if x.concept == c.name), key=lambda x: views.layer_of(x.hook))
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for basis in dict.fromkeys(x.basis for x in rows):
+            these = [x for x in rows if x.basis == basis]
+            layers = [views.layer_of(x.hook) for x in these]
+            style = {"marker": "o", "ms": 4} if basis == "raw" else {"marker": "s", "ms": 6, "ls": "none"}
+            ax.plot(layers, [x.accuracy for x in these], label=f"{basis}: all features", **style)
+            if basis == "raw":
+                ax.plot(layers, [x.control_accuracy for x in these], ls=":", color="grey", label="control (shuffled)")
+                continue
+            for k in (1, 5, 20):
+                pts = [(views.layer_of(x.hook), x.sparse_accuracy[k]) for x in these if k in x.sparse_accuracy]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="v", ms=4, ls="none", label=f"{basis}: {k}-sparse")
+        ax.axhline(rows[0].chance, color="black", lw=0.6, label="chance")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("CV accuracy")
+        ax.set_title(f"probe: {c.name} ({len(c.classes)} classes, {c.level} level)")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, out / f"probe_{c.name}.png"))
+    return paths
+
+
+def fer_graph(report: Report, out: Path, out_dir: Path) -> list[Path]:
+    """The co-activation graph (read back from its GraphML) at the hook and basis of the highest FER index."""
+    import networkx as nx
+
+    fer = report.fer
+    rows = [x for x in fer.rows if x.index is not None] if fer else []
+    if not rows:
+        return []
+    worst = max(rows, key=lambda x: x.index)
+    path = out_dir / fer.graphs.get(f"{worst.hook}/{worst.basis}", "")
+    if not path.is_file():
+        return []
+    graph = nx.read_graphml(path)
+    concepts = sorted({d.get("concept", "?") for _, d in graph.nodes(data=True)})
+    colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(concepts)}
+    fig, ax = plt.subplots(figsize=(7, 6))
+    pos = nx.spring_layout(graph, seed=0)
+    mine = [n for n, d in graph.nodes(data=True) if d.get("concept") == worst.concept]
+    nx.draw_networkx_edges(graph, pos, ax=ax, alpha=0.3)
+    for c in concepts:
+        nodes = [n for n, d in graph.nodes(data=True) if d.get("concept") == c]
+        size = 80 if c == worst.concept else 25
+        nx.draw_networkx_nodes(graph, pos, nodelist=nodes, node_size=size, node_color=[colour[c]], ax=ax, label=c)
+    if len(mine) <= 40:
+        nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n].get("class", "") for n in mine}, font_size=6)
+    ax.set_title(
+        f"co-activation graph at {worst.hook} ({worst.basis}); {worst.concept}: FER index {worst.index:.2f}", fontsize=9
+    )
+    ax.legend(fontsize=7, markerscale=0.7)
+    ax.axis("off")
+    return [_save(fig, out / "fer_graph.png")]
+
+
 def draw_all(report: Report, out_dir: Path) -> dict[str, str]:
     """Draw every plot into ``out_dir/plots``; return name → path relative to ``out_dir``."""
     plot_dir = out_dir / "plots"
@@ -192,4 +256,6 @@ def draw_all(report: Report, out_dir: Path) -> dict[str, str]:
         paths += sparsity_vs_shift(report, plot_dir, basis, metric)
         paths += auroc_per_layer(report, plot_dir, basis)
     paths += massive_per_layer(report, plot_dir)
+    paths += probe_curves(report, plot_dir)
+    paths += fer_graph(report, plot_dir, out_dir)
     return {p.stem: str(p.relative_to(out_dir)) for p in paths}

@@ -22,6 +22,7 @@ from fer_diag.report.sections import (
     SECTIONS,
     ControlSection,
     FamiliaritySection,
+    FERSection,
     MassiveSection,
     ProbeSection,
     SAEFidelitySection,
@@ -33,7 +34,7 @@ from fer_diag.report.sections import (
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = "2.1"  # 2.1: probes section
+SCHEMA_VERSION = "2.1"  # 2.1: probes and fer sections
 
 
 class ReportVersionError(FerDiagError, ValueError):
@@ -100,6 +101,7 @@ class Report(BaseModel):
     control: ControlSection | None = Field(None, description="trained vs random-init comparison")
     verdict: VerdictSection | None = Field(None, description="can each sparsity signal be trusted here, and why")
     probes: ProbeSection | None = Field(None, description="linear decodability of concepts per hook and basis")
+    fer: FERSection | None = Field(None, description="fractured-entanglement scores per hook, basis and concept")
     plots: dict[str, str] = Field(default_factory=dict, description="plot name → file (relative to report)")
 
     @field_validator(*SECTIONS, mode="before")

@@ -411,8 +411,42 @@ class ProbeSection(Section):
     rows: list[ProbeRow]
 
 
+class FERRow(Section):
+    """Fractured-entanglement components and index of one concept at one hook in one basis (:mod:`fer_diag.fer`)."""
+
+    hook: str
+    basis: str
+    concept: str
+    level: str
+    split_count: Real | None
+    absorption: Real | None
+    context_fracture: Real | None
+    graph_fragmentation: Real | None
+    mixed_selectivity: Real | None
+    cross_talk: Real | None
+    modularity_deficit: Real | None
+    reasons: dict[str, str] = Field(description="component → why it is not defined here")
+    index: Real | None = Field(description="mean of the defined components")
+    index_ci: tuple[Real, Real] | None = Field(description="bias-shifted bootstrap percentile interval")
+    index_bias: Real | None
+    components_used: list[str]
+    n_selective: int = Field(description="latents selective for the concept")
+    decodable: bool | None = Field(description="the concept's probe at this hook and basis is decodable (verdict rule)")
+
+
+class FERSection(Section):
+    """FER scores per hook × basis × concept, on SAE latents and privileged neurons only (DESIGN §5)."""
+
+    config: dict[str, Any] = Field(description="fer_diag.fer.FERConfig")
+    rows: list[FERRow]
+    not_scored: list[str] = Field(description="hook/basis pairs left out, each with why")
+    graphs: dict[str, str] = Field(
+        default_factory=dict, description="hook/basis → co-activation graph file (GraphML), next to report.json"
+    )
+
+
 #: blocking flags of the verdict, most decisive first (:mod:`fer_diag.verdict`)
-BLOCKING = ("no_signal", "sae_unfaithful", "basis_dependent", "massive", "length_confounded")
+BLOCKING = ("no_signal", "sae_unfaithful", "basis_dependent", "structure_broken", "massive", "length_confounded")
 
 
 class VerdictConfig(BaseModel):
@@ -429,6 +463,9 @@ class VerdictConfig(BaseModel):
     sae_ce_drop: float = Field(0.05, description="SAE unfaithful: CE-loss score drops by more than this")
     control_gap_ratio: float = Field(0.5, description="not learned: random-init gap ≥ this × the trained gap")
     length_min_pair_frac: float = Field(0.25, description="length-matched AUROC used when it keeps this share of pairs")
+    fer_index_max: float = Field(
+        0.5, description="structure broken: a concept's FER index above this at the hook and basis of the signal"
+    )
     decodable_min: float = Field(
         0.5, description="a concept is decodable: (accuracy − chance)/(1 − chance) ≥ this, CI low end > control"
     )
@@ -508,4 +545,5 @@ SECTIONS: dict[str, type[Section]] = {
     "control": ControlSection,
     "verdict": VerdictSection,
     "probes": ProbeSection,
+    "fer": FERSection,
 }

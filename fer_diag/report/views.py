@@ -150,6 +150,8 @@ FLAG_LABELS = {
     "not_learned": "not learned",
     "inconsistent_direction": "inconsistent direction",
     "no_better_than_perplexity": "no better than perplexity",
+    "concepts_not_decodable": "no concept decodable",
+    "structure_broken": "structure broken (FER)",
 }
 #: flag name → the abbreviation the hook × score grid uses
 FLAG_ABBR = {
@@ -161,6 +163,8 @@ FLAG_ABBR = {
     "not_learned": "NL",
     "inconsistent_direction": "DIR",
     "no_better_than_perplexity": "PPL",
+    "concepts_not_decodable": "DEC",
+    "structure_broken": "FER",
 }
 STATUS_ABBR = {"TRUSTED": "T", "CAUTION": "C", "UNTRUSTED": "U"}
 STATUSES = ("TRUSTED", "CAUTION", "UNTRUSTED")
