@@ -260,7 +260,7 @@ def compare(
     out: Annotated[Path, typer.Option("--out", "-o", help="comparison folder")] = Path("fer-diag-compare"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set for behaviour and similarity")] = 6,
     audit_max_seqs: Annotated[int, typer.Option(help="windows per text set in each model's audit")] = 8,
-    seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
+    seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 64,
     batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 8,
     token_samples: Annotated[int, typer.Option(help="token positions sampled for token-level similarity")] = 1024,
     token_level: Annotated[

@@ -113,9 +113,10 @@ class IdenticalThresholds(BaseModel):
 
 def compare_audit_config() -> AuditConfig:
     """The audit of each model inside a comparison, sized so that ``fer-diag compare smollm2-135m rotated:0`` fits
-    in 10 minutes on 2 CPU cores: 8 windows per set, no random-init control, 2 CE-splice windows, a lighter
-    bootstrap, probes on one concept (``source_kind``, 8 examples per class)."""
+    in 10 minutes on 2 CPU cores: 8 windows of 64 tokens per set, no random-init control, 2 CE-splice windows, a
+    lighter bootstrap, probes on one concept (``source_kind``, 8 examples per class)."""
     return AuditConfig(
+        seq_len=64,
         max_seqs=8,
         random_init_control=False,
         n_boot=200,
@@ -132,7 +133,7 @@ class CompareConfig(BaseModel):
 
     hooks: list[str] | None = Field(None, description="similarity hooks of A (names / wildcards); default resid_post")
     hooks_b: list[str] | None = Field(None, description="similarity hooks of B; default: the same names as A's")
-    seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
+    seq_len: int = Field(64, ge=4, description="tokens per window, BOS included")
     max_seqs: int = Field(6, ge=2, description="windows per text set for behaviour and similarity")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
     batch_size: int = Field(8, ge=1, description="windows per forward pass")
