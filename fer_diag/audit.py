@@ -80,9 +80,9 @@ class AuditConfig(BaseModel):
     concepts: list[str] | None = Field(
         None, description="built-in concept sets for the probes (fer_diag.data.concepts.CONCEPTS); None: all; []: none"
     )
-    concept_per_class: int = Field(16, ge=2, description="examples per class of each built-in concept set")
+    concept_per_class: int = Field(12, ge=2, description="examples per class of each built-in concept set")
     concept_seq_len: int = Field(
-        64, ge=4, description="tokens per sequence-level concept window (a token-level one ends at its marked token)"
+        32, ge=4, description="tokens per sequence-level concept window (a token-level one ends at its marked token)"
     )
     probe_folds: int = Field(5, ge=2, description="stratified folds of the probes' cross-validation")
     probe_neurons: bool = Field(

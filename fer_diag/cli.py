@@ -150,7 +150,7 @@ def audit(
             "token_kinds), 'all' or 'none'"
         ),
     ] = "all",
-    concept_per_class: Annotated[int, typer.Option(help="examples per class of each built-in concept set")] = 16,
+    concept_per_class: Annotated[int, typer.Option(help="examples per class of each built-in concept set")] = 12,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,

@@ -100,6 +100,7 @@ from fer_diag.probing import (
     fit_probe,
     grouped_folds,
     make_probe,
+    quiet,
     top_features,
 )
 from fer_diag.probing import shuffled as shuffled_labels
@@ -269,7 +270,8 @@ def absorption(
     per_class = []
     for c, main_latents in zip(np.unique(y), split, strict=True):
         yb = (y == c).astype(int)
-        fit = fit_probe(raw, yb, seed=cfg.seed)
+        # unstandardised and converged: rotation-equivariant, as a change of basis must not move absorption
+        fit = fit_probe(raw, yb, seed=cfg.seed, standardize=False, max_iter=2000, tol=1e-8)
         p = fit.direction[0] / np.linalg.norm(fit.direction[0])
         found = (yb == 1) & (raw @ fit.direction[0] + fit.intercept[0] > 0)
         if not found.any():
@@ -513,6 +515,7 @@ def _resampled(concepts: Sequence[ConceptActivations], rng: np.random.Generator)
     return out
 
 
+@quiet
 def fer_scores(
     concepts: Sequence[ConceptActivations], decoder: np.ndarray | None = None, config: FERConfig | None = None
 ) -> list[FERScores]:

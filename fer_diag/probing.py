@@ -19,6 +19,7 @@ bookkeeping live in :mod:`fer_diag.analyzers.probes`.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectorMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
@@ -104,11 +106,44 @@ class MeanDifferenceSelector(SelectorMixin, BaseEstimator):
         return mask
 
 
-def make_probe(k: int | None = None, C: float = 1.0, seed: int = 0) -> Pipeline:
-    """Standardised L2 logistic regression, on the top-``k`` mean-difference features when ``k`` is given."""
+#: L-BFGS iterations and tolerance of every probe: on SmolLM2's 26-class first_letter at two layers, 100
+#: iterations at tol 1e-3 give CV accuracies within 0.02 of 500 at 1e-4, four to six times faster
+MAX_ITER, TOL = 100, 1e-3
+
+
+def make_probe(
+    k: int | None = None,
+    C: float = 1.0,
+    seed: int = 0,
+    standardize: bool = True,
+    max_iter: int = MAX_ITER,
+    tol: float = TOL,
+) -> Pipeline:
+    """Standardised L2 logistic regression, on the top-``k`` mean-difference features when ``k`` is given.
+
+    ``standardize=False`` drops the scaler: the probe is then equivariant under an
+    orthogonal change of the input basis (the L2 penalty is rotation-invariant),
+    which the FER absorption score needs.
+
+    L-BFGS stops after ``max_iter`` iterations (default :data:`MAX_ITER`) without a
+    convergence warning: the probe's accuracy, not its exact optimum, is the
+    measurement; a direction that must be exact asks for more.
+    """
     steps = [] if k is None else [MeanDifferenceSelector(k)]
-    lr = LogisticRegression(C=C, max_iter=500, tol=1e-4, random_state=seed)
-    return make_pipeline(*steps, StandardScaler(), lr)
+    lr = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed)
+    return make_pipeline(*steps, *([StandardScaler()] if standardize else []), lr)
+
+
+def quiet(fn):
+    """Run ``fn`` with scikit-learn's ConvergenceWarning silenced (see :func:`make_probe`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def check_labels(y: np.ndarray, n_folds: int, what: str = "the probe") -> None:
@@ -133,6 +168,7 @@ def check_finite(X: np.ndarray, what: str) -> None:
         raise ProbeInputError(f"{what}: the pooled activations contain NaN or Inf; run the model in float32")
 
 
+@quiet
 def cv_predict(
     X: np.ndarray, y: np.ndarray, *, k: int | None = None, n_folds: int = 5, C: float = 1.0, seed: int = 0
 ) -> np.ndarray:
@@ -165,6 +201,7 @@ def grouped_folds(
     return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(n_folds)]
 
 
+@quiet
 def cv_predict_grouped(
     X: np.ndarray,
     y: np.ndarray,
@@ -252,16 +289,30 @@ class ProbeFit:
         return self.classes[z.argmax(axis=1)]
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, *, k: int | None = None, C: float = 1.0, seed: int = 0) -> ProbeFit:
+@quiet
+def fit_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    k: int | None = None,
+    C: float = 1.0,
+    seed: int = 0,
+    standardize: bool = True,
+    max_iter: int = MAX_ITER,
+    tol: float = TOL,
+) -> ProbeFit:
     """:func:`make_probe` fitted on all of ``X``; directions mapped back to input units (dense over all features)."""
-    model = make_probe(k, C, seed).fit(X, y)
-    scaler: StandardScaler = model[-2]
+    model = make_probe(k, C, seed, standardize, max_iter, tol).fit(X, y)
     lr: LogisticRegression = model[-1]
     features = model[0].get_support(indices=True) if k is not None else np.arange(X.shape[1])
-    w = lr.coef_ / scaler.scale_
+    if standardize:
+        scaler: StandardScaler = model[-2]
+        w = lr.coef_ / scaler.scale_
+        intercept = lr.intercept_ - w @ scaler.mean_
+    else:
+        w, intercept = lr.coef_, lr.intercept_
     direction = np.zeros((w.shape[0], X.shape[1]))
     direction[:, features] = w
-    intercept = lr.intercept_ - w @ scaler.mean_
     return ProbeFit(direction, intercept, np.asarray(features), lr.classes_)
 
 

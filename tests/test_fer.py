@@ -84,13 +84,12 @@ def test_index_is_invariant_to_rescaling_latents(world, base):
 def test_index_is_invariant_to_a_function_preserving_rotation(world, base):
     """Raw vectors and decoder rotated by Q (the SAE rotated to match reads the same latents).
 
-    Only absorption reads the raw basis, through the standardised raw probe, whose
-    per-coordinate scaling is not rotation-equivariant: it moves a little.
+    Only absorption reads the raw basis, through an unstandardised L2 probe: rotation-equivariant, so
+    it moves by rounding (and by L-BFGS stopping a little differently), the other components not at all.
     """
     q = haar_orthogonal(world.encoder.W_dec.shape[1], seed=3).numpy()
     moved = scored([replace(c, raw=c.raw @ q) for c in activations(world)], world.encoder.W_dec @ q)
-    np.testing.assert_allclose(moved[:, -1], base[:, -1], atol=0.01)
-    np.testing.assert_allclose(moved, base, atol=0.02)
+    np.testing.assert_allclose(moved, base, atol=2e-3)
     others = [i for i, k in enumerate(COMPONENTS) if k != "absorption"]
     np.testing.assert_allclose(moved[:, others], base[:, others], atol=1e-9)
 

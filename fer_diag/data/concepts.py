@@ -357,7 +357,7 @@ def build_first_letter(
     seed: int = 0,
     *,
     tokenizer: Any = None,
-    n_examples: int = 3,
+    n_examples: int = 2,
     min_words: int | None = None,
     twin_noise: float = 0.30,
     path: str | Path | None = None,
