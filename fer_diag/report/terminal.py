@@ -124,6 +124,39 @@ def _print_verdict_table(view, console: Console) -> None:
     console.print(t)
 
 
+def _print_probes(r: Report, console: Console) -> None:
+    """Per concept: the best raw-basis layer, accuracy at each SAE hook (raw / SAE / 5-sparse), FER index there."""
+    if not r.probes or not r.probes.rows:
+        return
+    fer = {(x.concept, x.hook, x.basis): x.index for x in (r.fer.rows if r.fer else [])}
+    t = Table(
+        title="concepts: linear probe accuracy (5-fold CV) and FER index",
+        caption="best raw layer; at each SAE hook raw / SAE / 5-sparse accuracy and the SAE basis's FER index",
+    )
+    for col in ("concept", "chance", "best raw layer", "at SAE hooks"):
+        t.add_column(col, justify="left" if col == "concept" else "right")
+    sae_hooks = list(r.saes)
+    for c in r.probes.concepts:
+        rows = [x for x in r.probes.rows if x.concept == c.name]
+        raw = [x for x in rows if x.basis == "raw" and x.hook in r.hooks]
+        best = max(raw, key=lambda x: x.accuracy) if raw else None
+        at = []
+        for hook in sae_hooks:
+            get = {x.basis: x for x in rows if x.hook == hook}
+            if "raw" in get and "sae" in get:
+                index = fer.get((c.name, hook, "sae"))
+                cell = f"L{views.layer_of(hook)} {fmt(get['raw'].accuracy, 2)}/{fmt(get['sae'].accuracy, 2)}/"
+                cell += fmt(get["sae"].sparse_accuracy.get(5), 2)
+                at.append(cell + (f" FER {fmt(index, 2)}" if index is not None else ""))
+        t.add_row(
+            c.name,
+            fmt(rows[0].chance, 2) if rows else "–",
+            f"L{views.layer_of(best.hook)} {fmt(best.accuracy, 2)}" if best else "–",
+            " · ".join(at) or "–",
+        )
+    console.print(t)
+
+
 def print_summary(r: Report, console: Console | None = None) -> None:
     console = console or Console()
     print_verdict(r, console)
@@ -156,6 +189,7 @@ def print_summary(r: Report, console: Console | None = None) -> None:
     if base:
         spans = _by_direction(base, lambda b: b.direction)
         console.print(f"perplexity baseline AUROC over shifted sets (by which NLL is OOD): {spans}")
+    _print_probes(r, console)
     first = r.massive.first_layer if r.massive else None
     if first is not None:
         console.print(f"massive activations from layer {first} (see report.md)")
