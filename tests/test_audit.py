@@ -263,4 +263,11 @@ def test_audit_probes_user_concepts_and_scores_fer_on_the_sae(tiny_hooked, tmp_p
     assert (out / "probe_directions.safetensors").is_file()
     md = (out / "report.md").read_text()
     assert "## Probes" in md and "## Fractured-entanglement" in md
-    assert "probe_kind" in report.plots
+    assert "probe_kind" in report.plots and "fer_graph" in report.plots
+    from rich.console import Console
+
+    from fer_diag.report.terminal import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary(report, console)
+    assert "concepts: linear probe accuracy" in console.export_text()

@@ -11,7 +11,7 @@ from fer_diag.basis import RotatedBasis
 from fer_diag.capture import ActivationBatch
 from fer_diag.data.suite import SetKind
 from fer_diag.familiarity import familiarity
-from fer_diag.verdict import VerdictConfig, verdict
+from fer_diag.verdict import BLOCKING, VerdictConfig, verdict
 
 RESID = "blocks.0.hook_resid_post"
 NEURONS = "blocks.0.mlp.hook_post"
@@ -221,3 +221,67 @@ def test_sets_that_barely_share_a_length_are_flagged_as_untestable():
     assert row.signal and row.decisive == "length_confounded"
     (flag,) = [f for f in row.flags if f.name == "length_confounded"]
     assert flag.evidence["testable"] is False and flag.evidence["pair_frac"] < 0.25
+
+
+# --------------------------------------------------------------------- probe and FER flags
+def _probe_row(concept: str, accuracy: float, basis: str = "sae", hook: str = "blocks.1.hook_resid_post"):
+    from fer_diag.report.sections import ProbeRow
+
+    half = 0.05
+    return ProbeRow(
+        concept=concept, hook=hook, basis=basis, n=100, n_classes=4, chance=0.25, accuracy=accuracy,
+        accuracy_ci=(accuracy - half, accuracy + half), macro_f1=accuracy, macro_f1_ci=(0, 1),
+        control_accuracy=0.26, selectivity=accuracy - 0.26, sparse_accuracy={}, transfer_accuracy=None,
+        transfer_drop=None, n_twin=0, top_features={},
+    )  # fmt: skip
+
+
+def _fer_row(concept: str, index: float | None, decodable: bool, basis: str = "sae"):
+    from fer_diag.report.sections import FERRow
+
+    comps = dict.fromkeys(
+        ("split_count", "absorption", "context_fracture", "graph_fragmentation", "mixed_selectivity", "cross_talk",
+         "modularity_deficit"), index)  # fmt: skip
+    return FERRow(
+        hook="blocks.1.hook_resid_post", basis=basis, concept=concept, level="token", **comps, reasons={},
+        index=index, index_ci=None, index_bias=None, components_used=list(comps), n_selective=5, decodable=decodable,
+    )  # fmt: skip
+
+
+def test_probe_flag_fires_only_where_no_concept_is_decodable():
+    from types import SimpleNamespace
+
+    from fer_diag.report.sections import ProbeSection
+    from fer_diag.verdict import _probe_flag
+
+    def section(*rows):
+        return ProbeSection(n_folds=5, ks=[], max_per_class=8, C=1.0, concepts=[], skipped=[], rows=list(rows))
+
+    r = SimpleNamespace(hook="blocks.1.hook_resid_post", basis="sae")
+    cfg = VerdictConfig()
+    flag = _probe_flag(r, section(_probe_row("a", 0.3), _probe_row("b", 0.35)), cfg)
+    assert flag is not None and not flag.blocking and flag.name == "concepts_not_decodable"
+    assert flag.evidence["b"]["accuracy"] == 0.35 and flag.threshold == {"decodable_min": cfg.decodable_min}
+    assert _probe_flag(r, section(_probe_row("a", 0.3), _probe_row("b", 0.95)), cfg) is None
+    assert _probe_flag(r, section(_probe_row("a", 0.3, basis="raw")), cfg) is None  # no probe in this basis
+    assert _probe_flag(r, None, cfg) is None
+
+
+def test_fer_flag_blocks_above_the_threshold_and_names_decodable_but_fractured():
+    from types import SimpleNamespace
+
+    from fer_diag.report.sections import FERSection
+    from fer_diag.verdict import _fer_flag
+
+    def section(*rows):
+        return FERSection(config={}, rows=list(rows), not_scored=[])
+
+    r = SimpleNamespace(hook="blocks.1.hook_resid_post", basis="sae")
+    cfg = VerdictConfig(fer_index_max=0.5)
+    flag = _fer_flag(r, section(_fer_row("a", 0.7, True), _fer_row("b", 0.2, True)), cfg)
+    assert flag is not None and flag.blocking and flag.name == "structure_broken"
+    assert "decodable but fractured: a" in flag.message and flag.evidence["a"]["index"] == 0.7
+    assert _fer_flag(r, section(_fer_row("a", 0.4, True)), cfg) is None
+    assert _fer_flag(r, section(_fer_row("a", 0.9, True, basis="raw")), cfg) is None  # another basis
+    assert _fer_flag(r, section(_fer_row("a", None, True)), cfg) is None
+    assert "structure_broken" in BLOCKING
