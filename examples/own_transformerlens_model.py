@@ -32,7 +32,7 @@ report = Audit(
     tokenizer=tokenizer,
     hooks=["blocks.*.hook_resid_post"],
     suite=suite,
-    config=AuditConfig(max_seqs=8, random_init_control=False, n_boot=100),
+    config=AuditConfig(max_seqs=8, random_init_control=False, n_boot=100, concepts=["language"]),
     out_dir="own-model-report",
 ).run()
 profiles = report.frame("sparsity.profiles")

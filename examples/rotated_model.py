@@ -30,7 +30,7 @@ rot_loaded = LoadedModel(
 full = default_suite(loaded.tokenizer, n_per_set=16)
 suite = Suite([full["fortunes_en"], full["fortunes_de"], full["python_code"]])
 hooks = ["blocks.3.hook_resid_post", "blocks.15.hook_resid_post"]
-config = AuditConfig(max_seqs=16, random_init_control=False, n_boot=200)
+config = AuditConfig(max_seqs=16, random_init_control=False, n_boot=200, concepts=[])  # sparsity only
 saes = {h: s for h, s in default_saes("smollm2-135m").items() if h in hooks}
 
 reports = {}

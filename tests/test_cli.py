@@ -225,6 +225,7 @@ def test_unknown_hook_on_real_model_names_close_match(tmp_path):
 def test_audit_on_default_model_writes_report(tmp_path):
     out = tmp_path / "r"
     args = ["audit", "--max-seqs", "4", "--ce-windows", "2", "--no-control", "--out", str(out), "--json"]
+    args += ["--builtin-concepts", "language", "--concept-per-class", "6"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
