@@ -240,3 +240,71 @@ def test_missing_language_drops_the_class(monkeypatch):
 def test_unknown_concept_name():
     with pytest.raises(ValueError, match="unknown concept"):
         C.build_concepts(["colour"])
+
+
+# --------------------------------------------------------------------- token-level user spans, windows
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_user_token_level_concept_with_spans_and_twin(tmp_path):
+    rows = [
+        {"text": f"the {w} sat down", "label": w, "span": [4, 4 + len(w)], "span_text": w} for w in ["cat", "dog"] * 3
+    ]
+    cs = C.concepts_from_jsonl(_write(tmp_path / "animal.jsonl", rows))
+    assert cs.level == "token" and cs.classes == ["cat", "dog"] and cs.spans[0] == (4, 7)
+    twin = cs.twin
+    assert twin.level == "token" and twin.spans == cs.spans
+    for text, noisy, (a, _) in zip(cs.texts, twin.texts, cs.spans, strict=True):
+        assert noisy[a:] == text[a:]  # noise only before the span: the marked word is intact
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"text": "the cat", "label": "x", "span": [4, 9]}, "must be \\[start, end\\]"),
+        ({"text": "the cat", "label": "x", "span": [4, 7], "span_text": "dog"}, "not the span_text"),
+        ({"text": "the cat", "label": "x", "span_text": "cat"}, "without 'span'"),
+    ],
+)
+def test_user_span_errors_name_the_fix(tmp_path, row, match):
+    good = {"text": "a dog", "label": "y", "span": [2, 5]}
+    with pytest.raises(InputFileError, match=match):
+        C.concepts_from_jsonl(_write(tmp_path / "c.jsonl", [row, good, good]))
+
+
+def test_spans_on_some_lines_only_is_an_error(tmp_path):
+    rows = [{"text": "a dog", "label": "y", "span": [2, 5]}, {"text": "a cat", "label": "x"}]
+    with pytest.raises(InputFileError, match="has no span while others do"):
+        C.concepts_from_jsonl(_write(tmp_path / "c.jsonl", rows * 2))
+
+
+def test_concept_windows_end_at_the_marked_token_and_read_what_the_full_text_gives(tiny_hooked, tmp_path):
+    """Causal model: cutting the window after the marked token leaves its activations as in the whole text."""
+    import torch
+
+    rows = [
+        {"text": f"the old {w} sat on the quiet mat", "label": w, "span": [8, 8 + len(w)]} for w in ["cat", "dogs"] * 2
+    ]
+    cs = C.concepts_from_jsonl(_write(tmp_path / "c.jsonl", rows))
+    tok, bos = tiny_hooked.tokenizer, tiny_hooked.bos_token_id
+    w = C.concept_windows(cs, tok, 32, bos_token_id=bos, pad_token_id=tiny_hooked.pad_token_id)
+    assert (w.tokens[:, 0] == bos).all() and not w.mask[:, 0].any()
+    hook = "blocks.1.hook_resid_post"
+    _, cache = tiny_hooked.model.run_with_cache(w.tokens, names_filter=[hook])
+    for i, text in enumerate(cs.texts):
+        last = int(w.mask[i].nonzero().max())
+        pos = C.token_position(tok, text, cs.spans[i][1])
+        assert last == pos + 1  # BOS shifts the text's tokens by one
+        full = torch.tensor([[bos, *tok(text, add_special_tokens=False)["input_ids"]]])
+        _, whole = tiny_hooked.model.run_with_cache(full, names_filter=[hook])
+        torch.testing.assert_close(cache[hook][i, last], whole[hook][0, last], atol=1e-5, rtol=1e-5)
+
+
+def test_marked_token_beyond_the_window_is_an_error(tiny_hooked, tmp_path):
+    head = "word " * 40
+    rows = [{"text": head + w, "label": w, "span": [len(head), len(head) + len(w)]} for w in ["cat", "dog"] * 2]
+    cs = C.concepts_from_jsonl(_write(tmp_path / "c.jsonl", rows))
+    with pytest.raises(TextSetError, match="outside the 16-token window; raise seq_len"):
+        C.concept_windows(cs, tiny_hooked.tokenizer, 16, bos_token_id=tiny_hooked.bos_token_id)
