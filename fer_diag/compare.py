@@ -114,7 +114,8 @@ class IdenticalThresholds(BaseModel):
 def compare_audit_config() -> AuditConfig:
     """The audit of each model inside a comparison, sized so that ``fer-diag compare smollm2-135m rotated:0`` fits
     in 10 minutes on 2 CPU cores: 8 windows of 64 tokens per set, no random-init control, 2 CE-splice windows, a
-    lighter bootstrap, probes on one concept (``source_kind``, 8 examples per class)."""
+    lighter bootstrap, probes on one concept (``source_kind``, 8 examples per class) at the SAE hooks only, FER
+    indices without their bootstrap CI (each replicate is a whole FER pass)."""
     return AuditConfig(
         seq_len=64,
         max_seqs=8,
@@ -123,6 +124,8 @@ def compare_audit_config() -> AuditConfig:
         ce_windows=2,
         concepts=["source_kind"],
         concept_per_class=8,
+        probe_neurons=False,
+        fer_boot=0,
     )
 
 
