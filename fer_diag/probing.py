@@ -202,6 +202,40 @@ def grouped_folds(
 
 
 @quiet
+def cv_predict_transfer(
+    X: np.ndarray,
+    y: np.ndarray,
+    ids: np.ndarray,
+    X_twin: np.ndarray,
+    ids_twin: np.ndarray,
+    *,
+    n_folds: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cross-validated predictions in distribution and, from the same fold probes, on the shifted twin.
+
+    A twin example paired with an in-distribution one (the same id: the same text,
+    shifted) is predicted by the probe of the fold that held its pair out, so a
+    probe never scores the shifted version of an example it was trained on; twin
+    examples without a pair are predicted by the probe fitted on every example.
+    The in-distribution predictions equal :func:`cv_predict` (same folds).
+    """
+    pred = np.empty(len(y), dtype=np.asarray(y).dtype)
+    pred_twin = np.empty(len(ids_twin), dtype=pred.dtype)
+    paired = np.isin(ids_twin, ids)
+    for train, test in StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(X, y):
+        model = make_probe(None, C, seed).fit(X[train], y[train])
+        pred[test] = model.predict(X[test])
+        rows = np.isin(ids_twin, ids[test])
+        if rows.any():
+            pred_twin[rows] = model.predict(X_twin[rows])
+    if (~paired).any():
+        pred_twin[~paired] = make_probe(None, C, seed).fit(X, y).predict(X_twin[~paired])
+    return pred, pred_twin
+
+
+@quiet
 def cv_predict_grouped(
     X: np.ndarray,
     y: np.ndarray,

@@ -13,6 +13,7 @@ from fer_diag.probing import (
     ProbeInputError,
     class_top_features,
     cv_predict,
+    cv_predict_transfer,
     fit_probe,
     make_probe,
     score,
@@ -194,3 +195,17 @@ def test_not_decodable_needs_both_gain_and_a_ci_above_control():
     capacity = ProbeRow(**base, accuracy=0.7, accuracy_ci=(0.6, 0.78), control_accuracy=0.65, selectivity=0.05)
     cfg = VerdictConfig()
     assert decodable(good, cfg) and not decodable(weak, cfg) and not decodable(capacity, cfg)
+
+
+def test_transfer_is_cross_fitted_on_a_paired_twin():
+    """Noise vectors with random labels, twin = the same vectors: a probe fitted on every example memorises them
+    (d > n) and would score the twin perfectly; the fold probe that held each example out scores chance."""
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(60, 200)), np.arange(60) % 3
+    ids = np.arange(60)
+    pred, pred_twin = cv_predict_transfer(X, y, ids, X.copy(), ids)
+    np.testing.assert_array_equal(pred, cv_predict(X, y))
+    np.testing.assert_array_equal(pred_twin, pred)  # the same fold probe reads the same vector
+    assert (fit_probe(X, y).predict(X) == y).mean() == 1.0  # what an uncrossed transfer would report
+    _, unpaired = cv_predict_transfer(X, y, ids, X.copy(), np.full(60, -1))
+    assert (unpaired == y).mean() == 1.0  # another set's examples: the probe fitted on every example

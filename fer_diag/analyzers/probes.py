@@ -39,6 +39,7 @@ from fer_diag.probing import (
     check_labels,
     class_top_features,
     cv_predict,
+    cv_predict_transfer,
     fit_probe,
     score,
     shuffled,
@@ -59,6 +60,7 @@ class ConceptSpec:
     twin_shift: str = ""
     dropped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    twin_paired: bool = True
 
     @classmethod
     def of(cls, cs: ConceptSet) -> ConceptSpec:
@@ -71,6 +73,7 @@ class ConceptSpec:
             cs.twin_shift,
             tuple(cs.dropped),
             tuple(cs.notes) + (tuple(cs.twin.notes) if cs.twin is not None else ()),
+            cs.twin_paired,
         )
 
 
@@ -170,14 +173,18 @@ class ProbeAnalyzer(Analyzer):
                     self.samples[key] = SequenceSample(values.shape[1], self.max_per_class)
                 self.samples[key].add(seq[rows], None, n_tokens[rows], values[rows])
 
-    def examples(self, set_name: str, hook: str, basis: str) -> tuple[np.ndarray, np.ndarray]:
-        """``X [n, d]`` and labels ``y [n]`` of one set at one hook in one basis, by class then window."""
+    def examples(self, set_name: str, hook: str, basis: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``X [n, d]``, labels ``y [n]`` and window numbers ``ids [n]`` of one set at one hook in one basis.
+
+        Rows are ordered by class, then window. A built-in twin numbers its windows
+        as its in-distribution set does, so equal ids pair an example with its shifted version.
+        """
         keys = sorted(k for k in self.samples if k[:3] == (set_name, hook, basis))
         if not keys:
-            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-        parts = [self.samples[k].arrays()[3] for k in keys]
-        y = np.concatenate([np.full(len(p), k[3]) for k, p in zip(keys, parts, strict=True)])
-        return np.concatenate(parts), y
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        parts = [self.samples[k].arrays() for k in keys]
+        y = np.concatenate([np.full(len(p[0]), k[3]) for k, p in zip(keys, parts, strict=True)])
+        return np.concatenate([p[3] for p in parts]), y, np.concatenate([p[0] for p in parts])
 
     def activations(self, hook: str, basis: str) -> list[ConceptActivations]:
         """The FER scores' input at one hook in one basis: every concept's examples, its twin's and the raw vectors.
@@ -187,12 +194,12 @@ class ProbeAnalyzer(Analyzer):
         """
         out = []
         for spec in self.concepts:
-            X, y = self.examples(spec.name, hook, basis)
+            X, y, ids = self.examples(spec.name, hook, basis)
             if not len(y):
                 continue
-            X_t, y_t = self.examples(spec.twin, hook, basis) if spec.twin else (None, None)
-            raw, y_raw = self.examples(spec.name, hook, "raw")
-            if not np.array_equal(y_raw, y):
+            X_t, y_t, _ = self.examples(spec.twin, hook, basis) if spec.twin else (None, None, None)
+            raw, _, ids_raw = self.examples(spec.name, hook, "raw")
+            if not np.array_equal(ids_raw, ids):
                 raise ValueError(f"the raw and {basis} reservoirs of {spec.name!r} at {hook} hold different examples")
             out.append(
                 ConceptActivations(
@@ -219,7 +226,7 @@ class ProbeAnalyzer(Analyzer):
                 rows.append(row)
                 fits[(spec.name, hook, basis)] = fit
             if places:
-                _, y = self.examples(spec.name, *places[0])
+                _, y, _ = self.examples(spec.name, *places[0])
                 n_twin = len(self.examples(spec.twin, *places[0])[1]) if spec.twin else 0
                 infos.append(
                     ConceptInfo(
@@ -246,7 +253,7 @@ class ProbeAnalyzer(Analyzer):
         return ProbeResult(section, fits)
 
     def _probe(self, spec: ConceptSpec, hook: str, basis: str) -> tuple[ProbeRow, ProbeFit]:
-        X, y = self.examples(spec.name, hook, basis)
+        X, y, ids = self.examples(spec.name, hook, basis)
         what = f"concept {spec.name!r} at {hook} ({basis})"
         missing = [c for i, c in enumerate(spec.classes) if not (y == i).any()]
         if missing:
@@ -257,17 +264,18 @@ class ProbeAnalyzer(Analyzer):
         check_labels(y, self.n_folds, what)
         check_finite(X, what)
         kw = {"n_folds": self.n_folds, "C": self.C, "seed": self.seed}
-        s = score(y, cv_predict(X, y, **kw), n_boot=self.n_boot, seed=self.seed)
+        X_t, y_t, ids_t = self.examples(spec.twin, hook, basis) if spec.twin else (X[:0], y[:0], ids[:0])
+        if len(y_t):
+            check_finite(X_t, f"the twin of {what}")
+        pairs = ids_t if spec.twin_paired else np.full(len(ids_t), -1)  # -1: no in-distribution pair
+        pred, pred_t = cv_predict_transfer(X, y, ids, X_t, pairs, **kw)
+        s = score(y, pred, n_boot=self.n_boot, seed=self.seed)
         control = float((cv_predict(X, yc := shuffled(y, self.seed), **kw) == yc).mean())
         sparse = {}
         if self.sparse_hooks is None or hook in self.sparse_hooks:
             sparse = sparse_curve(X, y, self.ks, **kw)
         fit = fit_probe(X, y, C=self.C, seed=self.seed)
-        X_t, y_t = self.examples(spec.twin, hook, basis) if spec.twin else (np.zeros((0, 0)), np.zeros(0))
-        transfer = None
-        if len(y_t):
-            check_finite(X_t, f"the twin of {what}")
-            transfer = float((fit.predict(X_t) == y_t).mean())
+        transfer = float((pred_t == y_t).mean()) if len(y_t) else None
         top = class_top_features(X, y, self.top_n)
         row = ProbeRow(
             concept=spec.name,

@@ -111,6 +111,8 @@ class ConceptSet:
     seed: int = 0
     twin_shift: str = ""
     notes: list[str] = field(default_factory=list)
+    #: the twin holds this set's examples, shifted, in the same order (example i ↔ twin example i)
+    twin_paired: bool = True
 
     def __post_init__(self) -> None:
         if self.level not in ("sequence", "token"):
@@ -779,6 +781,7 @@ def concepts_from_jsonl(
     if unknown:
         raise TextSetError(f"{tp}: labels {unknown} are not classes of {p} ({classes}); use the same labels in both")
     cs.twin_shift = f"user-supplied: {tp} (other examples, not the same texts shifted)"
+    cs.twin_paired = False
     cs.twin = ConceptSet(
         name=f"{cs.name}_twin",
         level=level,
