@@ -151,6 +151,9 @@ def audit(
         ),
     ] = "all",
     concept_per_class: Annotated[int, typer.Option(help="examples per class of each built-in concept set")] = 12,
+    fer_boot: Annotated[
+        int, typer.Option(help="bootstrap replicates of each FER index CI (each costs one more FER pass; 0: no CI)")
+    ] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
@@ -185,6 +188,7 @@ def audit(
             device=device,
             concepts=_concept_names(builtin_concepts),
             concept_per_class=concept_per_class,
+            fer_boot=fer_boot,
         )
         if bool(id_text) != bool(ood_text):
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")

@@ -250,6 +250,7 @@ def test_audit_option_defaults_are_the_config_defaults():
 
     params = inspect.signature(audit).parameters
     fields = AuditConfig.model_fields
-    for name in ("max_seqs", "seq_len", "min_tokens", "batch_size", "ce_windows", "default_saes", "seed", "device"):
+    names = ("max_seqs", "seq_len", "min_tokens", "batch_size", "ce_windows", "default_saes", "seed", "device")
+    for name in (*names, "concept_per_class", "fer_boot"):
         assert params[name].default == fields[name].default, name
     assert params["control"].default == fields["random_init_control"].default
