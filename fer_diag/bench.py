@@ -112,6 +112,7 @@ def run_bench(
         random_init_control=False,
         default_saes=use_saes,
         seed=seed,
+        concepts=[],  # the bench measures the streaming pipeline; the probes' stage is timed in report.run.seconds
     )
     suite = _reference_suite(loaded, n_seqs, seed)
     windows = tokenize_windows(
