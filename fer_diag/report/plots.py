@@ -191,13 +191,17 @@ def probe_curves(report: Report, out: Path) -> list[Path]:
         if not rows:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for basis in dict.fromkeys(x.basis for x in rows):
-            these = [x for x in rows if x.basis == basis]
+        # one series per basis and kind of hook (resid stream, MLP neurons, …): never one line across kinds
+        kinds = dict.fromkeys((x.basis, x.hook.split(".", 2)[-1]) for x in rows)
+        for basis, kind in kinds:
+            these = [x for x in rows if x.basis == basis and x.hook.split(".", 2)[-1] == kind]
             layers = [views.layer_of(x.hook) for x in these]
-            style = {"marker": "o", "ms": 4} if basis == "raw" else {"marker": "s", "ms": 6, "ls": "none"}
-            ax.plot(layers, [x.accuracy for x in these], label=f"{basis}: all features", **style)
-            if basis == "raw":
+            dense = basis == "raw" and kind == "hook_resid_post"
+            style = {"marker": "o", "ms": 4} if dense else {"marker": "s", "ms": 6, "ls": "none"}
+            ax.plot(layers, [x.accuracy for x in these], label=f"{basis} {kind}: all features", **style)
+            if dense:
                 ax.plot(layers, [x.control_accuracy for x in these], ls=":", color="grey", label="control (shuffled)")
+            if basis == "raw":
                 continue
             for k in (1, 5, 20):
                 pts = [(views.layer_of(x.hook), x.sparse_accuracy[k]) for x in these if k in x.sparse_accuracy]
