@@ -90,7 +90,7 @@ class AuditConfig(BaseModel):
     )
     fer: bool = Field(True, description="FER scores on SAE latents and privileged neurons (needs the probes)")
     fer_boot: int = Field(
-        10, ge=0, description="bootstrap replicates of each FER index CI (each costs a full FER pass)"
+        0, ge=0, description="bootstrap replicates of each FER index CI (each costs a full FER pass; 0: no CI)"
     )
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
