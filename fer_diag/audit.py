@@ -95,6 +95,24 @@ class AuditConfig(BaseModel):
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
 
+def suite_windows(
+    suite: Suite, loaded: LoadedModel, *, seq_len: int, max_windows: int, min_tokens: int
+) -> dict[str, Windows]:
+    """Every set of ``suite`` as token windows of ``loaded``'s tokenizer (:func:`tokenize_windows`), by set name."""
+    return {
+        s.name: tokenize_windows(
+            s,
+            loaded.tokenizer,
+            seq_len=seq_len,
+            max_windows=max_windows,
+            min_tokens=min_tokens,
+            bos_token_id=loaded.bos_token_id,
+            pad_token_id=loaded.pad_token_id,
+        )
+        for s in suite
+    }
+
+
 def default_hooks(n_layers: int, every: int = 3) -> list[str]:
     """``blocks.L.hook_resid_post`` for every ``every``-th layer and the last one."""
     layers = sorted({*range(0, n_layers, every), n_layers - 1})
@@ -181,18 +199,7 @@ class Audit:
 
     def _windows(self, loaded: LoadedModel, suite: Suite) -> dict[str, Windows]:
         c = self.config
-        return {
-            s.name: tokenize_windows(
-                s,
-                loaded.tokenizer,
-                seq_len=c.seq_len,
-                max_windows=c.max_seqs,
-                min_tokens=c.min_tokens,
-                bos_token_id=loaded.bos_token_id,
-                pad_token_id=loaded.pad_token_id,
-            )
-            for s in suite
-        }
+        return suite_windows(suite, loaded, seq_len=c.seq_len, max_windows=c.max_seqs, min_tokens=c.min_tokens)
 
     def _fingerprint(self, loaded: LoadedModel, hooks: list[str], windows: dict[str, Windows], saes: dict) -> str:
         h = hashlib.sha256()

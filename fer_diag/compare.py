@@ -50,9 +50,9 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fer_diag.audit import Audit, AuditConfig
+from fer_diag.audit import Audit, AuditConfig, suite_windows
 from fer_diag.capture import ActivationBatch, Capture, HookNameError, hook_layer, resolve_hooks
-from fer_diag.data.suite import Suite, Windows, tokenize_windows
+from fer_diag.data.suite import Suite, Windows
 from fer_diag.errors import BadInputError
 from fer_diag.models import LoadedModel, check_seq_len, load_model
 from fer_diag.pipeline import progress_bar
@@ -626,18 +626,7 @@ def diagnostics(ra: Report, rb: Report) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- entry point
 def _windows(suite: Suite, loaded: LoadedModel, cfg: CompareConfig) -> dict[str, Windows]:
-    return {
-        s.name: tokenize_windows(
-            s,
-            loaded.tokenizer,
-            seq_len=cfg.seq_len,
-            max_windows=cfg.max_seqs,
-            min_tokens=cfg.min_tokens,
-            bos_token_id=loaded.bos_token_id,
-            pad_token_id=loaded.pad_token_id,
-        )
-        for s in suite
-    }
+    return suite_windows(suite, loaded, seq_len=cfg.seq_len, max_windows=cfg.max_seqs, min_tokens=cfg.min_tokens)
 
 
 def _aligned(wa: Windows, wb: Windows) -> tuple[Windows, Windows]:
