@@ -92,6 +92,9 @@ class AuditConfig(BaseModel):
     fer_boot: int = Field(
         0, ge=0, description="bootstrap replicates of each FER index CI (each costs a full FER pass; 0: no CI)"
     )
+    n_jobs: int | None = Field(
+        -1, description="processes for the probe and FER fits (joblib: -1 every core, None or 1 one process)"
+    )
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
 
 
@@ -285,9 +288,10 @@ class Audit:
             sparse_hooks=tuple(saes) or None,
             n_boot=min(c.n_boot, 200),
             seed=c.seed,
+            n_jobs=c.n_jobs,
         )
         pipeline = Pipeline(
-            Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=False),
+            Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=False, trim_padding=True),
             {"probes": analyzer},
             sae_basis=SAEBasis(saes) if saes else None,
             checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes), "probes.pt"),
@@ -305,6 +309,7 @@ class Audit:
         Returns the section and the co-activation graphs (``hook/basis → networkx.Graph``).
         """
         import networkx as nx
+        from joblib import Parallel, delayed
 
         from fer_diag.basis import basis_privilege
         from fer_diag.fer import FERConfig, fer_scores
@@ -315,19 +320,30 @@ class Audit:
         places = sorted({(k[1], k[2]) for k in analyzer.samples}, key=lambda p: (hook_layer(p[0]) or -1, p))
         probe_rows = {(x.concept, x.hook, x.basis): x for x in probes.rows}
         rows, not_scored, graphs = [], [], {}
+        scored = []
+        for hook, basis in places:
+            if basis == "raw" and basis_privilege(hook) is None:
+                not_scored.append(
+                    f"{hook}/raw: its coordinates are not features (a function-preserving rotation changes "
+                    "them); FER is scored on SAE latents and privileged MLP neurons"
+                )
+            else:
+                scored.append((hook, basis))
+        jobs = (  # one process per place (joblib), results in submission order
+            delayed(fer_scores)(
+                analyzer.activations(hook, basis),
+                None if basis == "raw" else saes[hook].W_dec.detach().double().cpu().numpy(),
+                cfg,
+            )
+            for hook, basis in scored
+        )
         with progress_bar(self.progress) as bar:
-            task = bar.add_task("FER scores", total=len(places)) if bar else None
-            for hook, basis in places:
+            task = bar.add_task("FER scores", total=len(scored)) if bar else None
+            for (hook, basis), scores in zip(
+                scored, Parallel(n_jobs=c.n_jobs, return_as="generator")(jobs), strict=True
+            ):
                 if bar:
                     bar.advance(task)
-                if basis == "raw" and basis_privilege(hook) is None:
-                    not_scored.append(
-                        f"{hook}/raw: its coordinates are not features (a function-preserving rotation changes "
-                        "them); FER is scored on SAE latents and privileged MLP neurons"
-                    )
-                    continue
-                decoder = None if basis == "raw" else saes[hook].W_dec.detach().double().cpu().numpy()
-                scores = fer_scores(analyzer.activations(hook, basis), decoder, cfg)
                 graphs[f"{hook}/{basis}"] = nx.node_link_graph(scores[0].graph, edges="edges")
                 for sc in scores:
                     probe = probe_rows.get((sc.concept, hook, basis))

@@ -201,6 +201,10 @@ class Capture:
     entropy and max-probability (the perplexity baselines of DESIGN §5).
     ``keep_logits`` (implies ``need_logits``) also attaches the logits themselves, for
     measures that need two models' whole distributions (:mod:`fer_diag.compare`).
+    ``trim_padding`` cuts each batch after its last counted position: windows of
+    unequal length (concept windows, shortest first) then cost only their own
+    tokens. A causal model's earlier positions do not depend on the padding cut,
+    but the batch is narrower than ``seq_len``.
     """
 
     model: object
@@ -209,6 +213,7 @@ class Capture:
     need_logits: bool = False
     check_finite: bool = True
     keep_logits: bool = False
+    trim_padding: bool = False
 
     def __post_init__(self) -> None:
         self.hooks = resolve_hooks(self.model, self.hooks)
@@ -234,10 +239,12 @@ class Capture:
         n = len(windows)
         for lo in range(start, n, self.batch_size):
             hi = min(lo + self.batch_size, n)
-            tokens = windows.tokens[lo:hi]
+            tokens, mask = windows.tokens[lo:hi], windows.mask[lo:hi]
+            if self.trim_padding and mask.any():
+                width = int(mask.any(0).nonzero().max()) + 1
+                tokens, mask = tokens[:, :width], mask[:, :width]
             out, cache = self._forward(tokens, stop)
             acts = {h: per_position(h, cache[h], tokens.shape) for h in self.hooks}
-            mask = windows.mask[lo:hi]
             if self.check_finite:
                 self._check_finite(acts, mask, windows.set_name, lo)
             batch = ActivationBatch(

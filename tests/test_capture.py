@@ -157,3 +157,20 @@ def test_other_shapes_fail_with_the_supported_kinds():
 def test_hook_errors_are_user_errors():
     assert issubclass(HookNameError, FerDiagError) and issubclass(HookNameError, KeyError)
     assert issubclass(ActivationValueError, FerDiagError) and issubclass(ActivationValueError, ValueError)
+
+
+@pytest.mark.parametrize("which", ["tiny_hooked", "tiny_bridge"])
+def test_trimmed_batches_are_cut_after_their_last_counted_token_and_read_the_same(which, request, tiny_tokenizer):
+    """trim_padding: a batch of short windows is only as wide as its longest one; counted positions are unchanged."""
+    loaded = request.getfixturevalue(which)
+    ts = TextSet("id", SetKind.IN_DISTRIBUTION, texts=["a b c d e f", "the cat", *TEXTS])
+    w = tokenize_windows(ts, tiny_tokenizer, seq_len=32, bos_token_id=1, pad_token_id=2, min_tokens=1)
+    hooks = ["blocks.1.hook_resid_post"]
+    full = list(Capture(loaded.model, hooks, batch_size=2).batches(w, ts))
+    cut = list(Capture(loaded.model, hooks, batch_size=2, trim_padding=True).batches(w, ts))
+    widths = [b.tokens.shape[1] for b in cut]
+    assert widths[0] < 32 and widths == [int(b.mask.any(0).nonzero().max()) + 1 for b in full]
+    for a, b in zip(full, cut, strict=True):
+        n = b.tokens.shape[1]
+        assert not a.mask[:, n:].any()
+        torch.testing.assert_close(b.acts[hooks[0]][b.mask], a.acts[hooks[0]][:, :n][a.mask[:, :n]])

@@ -284,8 +284,9 @@ def test_concept_windows_end_at_the_marked_token_and_read_what_the_full_text_giv
     """Causal model: cutting the window after the marked token leaves its activations as in the whole text."""
     import torch
 
-    rows = [
-        {"text": f"the old {w} sat on the quiet mat", "label": w, "span": [8, 8 + len(w)]} for w in ["cat", "dogs"] * 2
+    rows = [  # contexts of different lengths, longest first: the windows come back reordered
+        {"text": f"{'the ' * n}old {w} sat on the quiet mat", "label": w, "span": [4 * n + 4, 4 * n + 4 + len(w)]}
+        for n, w in [(3, "cat"), (0, "dogs"), (2, "cat"), (1, "dogs")]
     ]
     cs = C.concepts_from_jsonl(_write(tmp_path / "c.jsonl", rows))
     tok, bos = tiny_hooked.tokenizer, tiny_hooked.bos_token_id
@@ -293,13 +294,18 @@ def test_concept_windows_end_at_the_marked_token_and_read_what_the_full_text_giv
     assert (w.tokens[:, 0] == bos).all() and not w.mask[:, 0].any()
     hook = "blocks.1.hook_resid_post"
     _, cache = tiny_hooked.model.run_with_cache(w.tokens, names_filter=[hook])
-    for i, text in enumerate(cs.texts):
-        last = int(w.mask[i].nonzero().max())
+    lengths = w.mask.sum(1)
+    assert (lengths[1:] >= lengths[:-1]).all()  # shortest first
+    assert w.index.tolist() != list(range(len(cs.texts)))  # reordered: the rows are not in example order
+    assert sorted(w.index.tolist()) == list(range(len(cs.texts))) and (w.index == w.source_index).all()
+    for r, i in enumerate(w.index.tolist()):  # row r holds example i
+        text = cs.texts[i]
+        last = int(w.mask[r].nonzero().max())
         pos = C.token_position(tok, text, cs.spans[i][1])
         assert last == pos + 1  # BOS shifts the text's tokens by one
         full = torch.tensor([[bos, *tok(text, add_special_tokens=False)["input_ids"]]])
         _, whole = tiny_hooked.model.run_with_cache(full, names_filter=[hook])
-        torch.testing.assert_close(cache[hook][i, last], whole[hook][0, last], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache[hook][r, last], whole[hook][0, last], atol=1e-5, rtol=1e-5)
 
 
 def test_marked_token_beyond_the_window_is_an_error(tiny_hooked, tmp_path):

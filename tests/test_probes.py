@@ -209,3 +209,20 @@ def test_transfer_is_cross_fitted_on_a_paired_twin():
     assert (fit_probe(X, y).predict(X) == y).mean() == 1.0  # what an uncrossed transfer would report
     _, unpaired = cv_predict_transfer(X, y, ids, X.copy(), np.full(60, -1))
     assert (unpaired == y).mean() == 1.0  # another set's examples: the probe fitted on every example
+
+
+def test_macro_f1_matches_sklearn_on_resamples():
+    """The vectorised macro-F1 equals scikit-learn's, absent classes (F1 = 0) included."""
+    from sklearn.metrics import f1_score
+
+    from fer_diag.probing import macro_f1
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, 60)
+    pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, 5, 60))
+    labels = np.unique(y)
+    draws = rng.integers(0, 12, size=(40, 12))  # small resamples: some classes missing from a draw
+    got = macro_f1(y[draws], pred[draws], labels)
+    want = [f1_score(y[i], pred[i], average="macro", labels=labels, zero_division=0) for i in draws]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert float(macro_f1(y, pred, labels)) == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))

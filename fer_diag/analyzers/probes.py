@@ -123,6 +123,7 @@ class ProbeAnalyzer(Analyzer):
     n_boot: bootstrap resamples of the macro-F1 CI.
     top_n: features listed per class.
     seed: folds, shuffled control labels and bootstraps.
+    n_jobs: processes of ``compute()`` (joblib's convention: None one, -1 every core).
     """
 
     name = "probes"
@@ -139,6 +140,7 @@ class ProbeAnalyzer(Analyzer):
         n_boot: int = 200,
         top_n: int = 5,
         seed: int = 0,
+        n_jobs: int | None = None,
     ) -> None:
         if n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, got {n_folds}")
@@ -151,6 +153,7 @@ class ProbeAnalyzer(Analyzer):
         self.n_boot = n_boot
         self.top_n = top_n
         self.seed = seed
+        self.n_jobs = n_jobs
         self._sets = {c.name: c for c in self.concepts} | {c.twin: c for c in self.concepts if c.twin}
         #: (set, hook, basis, label) → the reservoir of that class
         self.add_state("samples", {}, "merge")
@@ -216,15 +219,33 @@ class ProbeAnalyzer(Analyzer):
         return out
 
     def compute(self) -> ProbeResult:
-        rows: list[ProbeRow] = []
-        fits: dict[tuple[str, str, str], ProbeFit] = {}
+        """Every probe row, fitted in parallel over ``n_jobs`` processes (joblib; the heaviest rows first)."""
+        from joblib import Parallel, delayed
+
+        tasks = [
+            (spec, hook, basis)
+            for spec in self.concepts
+            for hook, basis in sorted({(k[1], k[2]) for k in self.samples if k[0] == spec.name})
+        ]
+        inputs = [self._inputs(*task) for task in tasks]
+        order = sorted(range(len(tasks)), key=lambda i: -inputs[i][0].size * len(np.unique(inputs[i][1])))
+        params = {"n_folds": self.n_folds, "C": self.C, "seed": self.seed, "n_boot": self.n_boot, "ks": self.ks}
+        done = Parallel(n_jobs=self.n_jobs)(
+            delayed(probe_row)(
+                *tasks[i],
+                *inputs[i],
+                sparse=self.sparse_hooks is None or tasks[i][1] in self.sparse_hooks,
+                top_n=self.top_n,
+                **params,
+            )
+            for i in order
+        )
+        results = dict(zip(order, done, strict=True))
+        rows = [results[i][0] for i in range(len(tasks))]
+        fits = {(spec.name, hook, basis): results[i][1] for i, (spec, hook, basis) in enumerate(tasks)}
         infos: list[ConceptInfo] = []
         for spec in self.concepts:
-            places = sorted({(k[1], k[2]) for k in self.samples if k[0] == spec.name})
-            for hook, basis in places:
-                row, fit = self._probe(spec, hook, basis)
-                rows.append(row)
-                fits[(spec.name, hook, basis)] = fit
+            places = [(hook, basis) for s, hook, basis in tasks if s is spec]
             if places:
                 _, y, _ = self.examples(spec.name, *places[0])
                 n_twin = len(self.examples(spec.twin, *places[0])[1]) if spec.twin else 0
@@ -252,48 +273,68 @@ class ProbeAnalyzer(Analyzer):
         )
         return ProbeResult(section, fits)
 
-    def _probe(self, spec: ConceptSpec, hook: str, basis: str) -> tuple[ProbeRow, ProbeFit]:
+    def _inputs(self, spec: ConceptSpec, hook: str, basis: str) -> tuple[np.ndarray, ...]:
+        """``X, y, ids`` of the concept and ``X_t, y_t, pairs`` of its twin (pair -1: no in-distribution pair)."""
         X, y, ids = self.examples(spec.name, hook, basis)
-        what = f"concept {spec.name!r} at {hook} ({basis})"
-        missing = [c for i, c in enumerate(spec.classes) if not (y == i).any()]
-        if missing:
-            raise ProbeInputError(
-                f"{what}: no example of classes {missing} reached the probe; give every class examples "
-                "(the probe never drops a class)"
-            )
-        check_labels(y, self.n_folds, what)
-        check_finite(X, what)
-        kw = {"n_folds": self.n_folds, "C": self.C, "seed": self.seed}
         X_t, y_t, ids_t = self.examples(spec.twin, hook, basis) if spec.twin else (X[:0], y[:0], ids[:0])
-        if len(y_t):
-            check_finite(X_t, f"the twin of {what}")
-        pairs = ids_t if spec.twin_paired else np.full(len(ids_t), -1)  # -1: no in-distribution pair
-        pred, pred_t = cv_predict_transfer(X, y, ids, X_t, pairs, **kw)
-        s = score(y, pred, n_boot=self.n_boot, seed=self.seed)
-        control = float((cv_predict(X, yc := shuffled(y, self.seed), **kw) == yc).mean())
-        sparse = {}
-        if self.sparse_hooks is None or hook in self.sparse_hooks:
-            sparse = sparse_curve(X, y, self.ks, **kw)
-        fit = fit_probe(X, y, C=self.C, seed=self.seed)
-        transfer = float((pred_t == y_t).mean()) if len(y_t) else None
-        top = class_top_features(X, y, self.top_n)
-        row = ProbeRow(
-            concept=spec.name,
-            hook=hook,
-            basis=basis,
-            n=len(y),
-            n_classes=len(np.unique(y)),
-            chance=chance_accuracy(y),
-            accuracy=s.accuracy,
-            accuracy_ci=s.accuracy_ci,
-            macro_f1=s.macro_f1,
-            macro_f1_ci=s.macro_f1_ci,
-            control_accuracy=control,
-            selectivity=s.accuracy - control,
-            sparse_accuracy=sparse,
-            transfer_accuracy=transfer,
-            transfer_drop=None if transfer is None else s.accuracy - transfer,
-            n_twin=len(y_t),
-            top_features={spec.classes[c]: feats for c, feats in top.items()},
+        pairs = ids_t if spec.twin_paired else np.full(len(ids_t), -1)
+        return X, y, ids, X_t, y_t, pairs
+
+
+def probe_row(
+    spec: ConceptSpec,
+    hook: str,
+    basis: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    ids: np.ndarray,
+    X_t: np.ndarray,
+    y_t: np.ndarray,
+    pairs: np.ndarray,
+    *,
+    sparse: bool,
+    ks: tuple[int, ...],
+    n_folds: int,
+    C: float,
+    seed: int,
+    n_boot: int,
+    top_n: int,
+) -> tuple[ProbeRow, ProbeFit]:
+    """One report row (accuracy, control, k-sparse curve when ``sparse``, transfer) and the probe fitted on all."""
+    what = f"concept {spec.name!r} at {hook} ({basis})"
+    missing = [c for i, c in enumerate(spec.classes) if not (y == i).any()]
+    if missing:
+        raise ProbeInputError(
+            f"{what}: no example of classes {missing} reached the probe; give every class examples "
+            "(the probe never drops a class)"
         )
-        return row, fit
+    check_labels(y, n_folds, what)
+    check_finite(X, what)
+    if len(y_t):
+        check_finite(X_t, f"the twin of {what}")
+    kw = {"n_folds": n_folds, "C": C, "seed": seed}
+    pred, pred_t = cv_predict_transfer(X, y, ids, X_t, pairs, **kw)
+    s = score(y, pred, n_boot=n_boot, seed=seed)
+    control = float((cv_predict(X, yc := shuffled(y, seed), **kw) == yc).mean())
+    fit = fit_probe(X, y, C=C, seed=seed)
+    transfer = float((pred_t == y_t).mean()) if len(y_t) else None
+    row = ProbeRow(
+        concept=spec.name,
+        hook=hook,
+        basis=basis,
+        n=len(y),
+        n_classes=len(np.unique(y)),
+        chance=chance_accuracy(y),
+        accuracy=s.accuracy,
+        accuracy_ci=s.accuracy_ci,
+        macro_f1=s.macro_f1,
+        macro_f1_ci=s.macro_f1_ci,
+        control_accuracy=control,
+        selectivity=s.accuracy - control,
+        sparse_accuracy=sparse_curve(X, y, ks, **kw) if sparse else {},
+        transfer_accuracy=transfer,
+        transfer_drop=None if transfer is None else s.accuracy - transfer,
+        n_twin=len(y_t),
+        top_features={spec.classes[c]: feats for c, feats in class_top_features(X, y, top_n).items()},
+    )
+    return row, fit

@@ -601,8 +601,10 @@ def concept_windows(
     (the token holding the span's last character, :func:`token_position`), so the
     marked token is the window's last counted token; in a causal model the tokens
     after it cannot change its activations, so cutting them changes nothing it
-    reads. Windows are as wide as the longest one (at most ``seq_len``);
-    ``source_index`` is the example's index. Raises
+    reads. Windows are as wide as the longest one (at most ``seq_len``) and come
+    shortest first, so that a batch holds windows of similar length (with
+    ``Capture(trim_padding=True)`` it is only as wide as its longest window);
+    ``index`` and ``source_index`` are the example's index. Raises
     :class:`~fer_diag.errors.TextSetError` naming the example when a marked token
     falls outside ``seq_len`` tokens or a text has no token.
     """
@@ -644,7 +646,7 @@ def concept_windows(
             )
         tokens[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[r, 1 : len(row)] = True  # position 0 / BOS never counts (DESIGN §5)
-    return Windows(cs.name, tokens, mask, torch.arange(len(ids_list)))
+    return Windows(cs.name, tokens, mask, torch.arange(len(ids_list))).select(torch.argsort(mask.sum(1), stable=True))
 
 
 # ------------------------------------------------------------ user concepts
