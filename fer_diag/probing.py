@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectorMixin
@@ -129,8 +130,13 @@ def make_probe(
     measurement; a direction that must be exact asks for more.
     """
     steps = [] if k is None else [MeanDifferenceSelector(k)]
-    lr = LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed)
+    lr = logistic(C, seed, max_iter, tol)
     return make_pipeline(*steps, *([StandardScaler()] if standardize else []), lr)
+
+
+def logistic(C: float = 1.0, seed: int = 0, max_iter: int = MAX_ITER, tol: float = TOL) -> LogisticRegression:
+    """The logistic regression of every probe (the last step of :func:`make_probe`)."""
+    return LogisticRegression(C=C, max_iter=max_iter, tol=tol, random_state=seed)
 
 
 def quiet(fn):
@@ -248,6 +254,54 @@ def cv_predict_grouped(
     """:func:`cv_predict` on :func:`grouped_folds`: no copy of an example is scored by a probe trained on it."""
     folds = grouped_folds(y, groups, n_folds, seed)
     return cross_val_predict(make_probe(k, C, seed), X, y, cv=folds)
+
+
+@quiet
+def cv_predict_grouped_sparse(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    ks: Sequence[int],
+    *,
+    n_folds: int = 5,
+    C: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """:func:`cv_predict_grouped` of the k-sparse probe for every ``k`` in ``ks`` in one pass: ``[len(ks), n]``.
+
+    Row i equals ``cv_predict_grouped(X, y, groups, k=ks[i])``; this is the sweep
+    over k of SAEBench's feature splitting (Karvonen et al. 2025) without the
+    per-k pipeline. Each fold ranks its features once (:func:`top_features`, the
+    ranking of :class:`MeanDifferenceSelector`, so ties and order are the same)
+    and standardises its top ``max(ks)`` columns once: scaling is column by
+    column, so the standardised prefix of k columns is the standardised top-k.
+    Each k then fits :func:`logistic` on its k columns, in the input order the
+    selector keeps. The inputs and parameters are checked once here, not in
+    every fit, and the test rows are scored with the fitted ``coef_`` and
+    ``intercept_`` as ``LogisticRegression.predict`` does.
+    """
+    X, y, ks = np.asarray(X), np.asarray(y), [int(k) for k in ks]
+    if min(ks, default=1) < 1 or not C > 0:
+        raise ProbeInputError(f"k-sparse probes need every k >= 1 and C > 0, got ks={ks}, C={C}")
+    check_finite(X, "the k-sparse probes")
+    pred = np.empty((len(ks), len(y)), dtype=y.dtype)
+    if not ks:
+        return pred
+    top = min(max(ks), X.shape[1])
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        for train, test in grouped_folds(y, groups, n_folds, seed):
+            X_train, y_train = X[train], y[train]
+            ranked = top_features(X_train, y_train, top)
+            block = X_train[:, ranked]  # column-major as the selector's output: the scaler's column sums match
+            scaler = StandardScaler().fit(block)
+            Z_train, Z_test = scaler.transform(block), scaler.transform(X[test][:, ranked])
+            for i, k in enumerate(ks):
+                cols = np.argsort(ranked[:k])  # the selector passes its features in input order
+                lr = logistic(C, seed).fit(Z_train[:, cols], y_train)
+                scores = Z_test[:, cols] @ lr.coef_.T + lr.intercept_  # LogisticRegression.decision_function
+                best = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else scores.argmax(axis=1)
+                pred[i, test] = lr.classes_[best]
+    return pred
 
 
 def shuffled(y: np.ndarray, seed: int = 0) -> np.ndarray:

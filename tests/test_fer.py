@@ -7,6 +7,7 @@ from dataclasses import replace
 import networkx as nx
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from fer_diag.errors import BadInputError
@@ -16,6 +17,8 @@ from fer_diag.fer import (
     ConceptActivations,
     FERConfig,
     FERScores,
+    _binary_f1,
+    _split_latents,
     coactivation_graph,
     context_fracture,
     cross_talk,
@@ -24,7 +27,14 @@ from fer_diag.fer import (
     modularity_deficit,
     split_count,
 )
-from fer_diag.probing import ProbeInputError, grouped_folds
+from fer_diag.probing import (
+    ProbeInputError,
+    class_mean_differences,
+    cv_predict_grouped,
+    cv_predict_grouped_sparse,
+    grouped_folds,
+    top_features,
+)
 from fer_diag.synthetic import SyntheticConfig, make_world
 from fer_diag.transforms import haar_orthogonal
 
@@ -213,3 +223,52 @@ def test_grouped_folds_keep_copies_together():
         assert not set(draw[train]) & set(draw[test])
     with pytest.raises(ProbeInputError, match="share their label"):
         grouped_folds(np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1]), n_folds=2)
+
+
+# --- the split count's one-pass k sweep equals the per-k pipeline -------------------------------------------------
+
+
+def test_sparse_sweep_predicts_as_the_per_k_pipeline():
+    """Row i of cv_predict_grouped_sparse is cv_predict_grouped(k=ks[i]): copies grouped, tied columns, 2-3 classes."""
+    rng = np.random.default_rng(7)
+    ks = [1, 2, 3, 5, 8, 13]
+    for n_classes in (2, 3):
+        ids = rng.integers(0, 90, 110)  # copies of examples, as a bootstrap draw
+        y = rng.integers(0, n_classes, 90)[ids]
+        X = np.maximum(rng.normal(size=(110, 60)) + 0.6 * rng.normal(size=(n_classes, 60))[y] - 1.0, 0)
+        X = X[:, np.flatnonzero(rng.random(60) < 0.8)]  # column-indexed as _split_latents passes it
+        X[:, 7] = X[:, 2]  # a tie in the ranking: the lower index wins in both
+        sweep = cv_predict_grouped_sparse(X, y, ids, ks, seed=3)
+        for k, row in zip(ks, sweep, strict=True):
+            np.testing.assert_array_equal(row, cv_predict_grouped(X, y, ids, k=k, seed=3))
+        assert len({row.tobytes() for row in sweep}) > 1  # k changes the predictions: the check has teeth
+    with pytest.raises(ProbeInputError, match="k >= 1"):
+        cv_predict_grouped_sparse(X, y, ids, [0, 1])
+
+
+def test_split_latents_match_the_per_k_loop(small):
+    """The split latents equal those of k = 1 … k_max pipelines scored by scikit-learn's F1 (the former loop)."""
+    cfg = FERConfig(n_boot=0, k_max=4)
+    for concept in activations(small):
+        X, y = concept.X, concept.y
+        D, labels = class_mean_differences(X, y)
+        for c, got in enumerate(_split_latents(concept, cfg)):
+            raised = np.flatnonzero(D[c] > 0)
+            yb = (y == labels[c]).astype(int)
+            best, split = -np.inf, 0
+            for k in range(1, min(cfg.k_max, len(raised)) + 1):
+                pred = cv_predict_grouped(X[:, raised], yb, concept.example_ids(), k=k, seed=cfg.seed)
+                f1 = f1_score(yb, pred, zero_division=0)
+                if f1 > best + cfg.f1_jump:
+                    best, split = f1, k
+            np.testing.assert_array_equal(got, raised[top_features(X[:, raised], yb, split)])
+
+
+def test_binary_f1_is_sklearns_to_the_bit():
+    rng = np.random.default_rng(0)
+    y = (rng.random(50) < 0.2).astype(int)
+    pred = (rng.random((30, 50)) < rng.random((30, 1))).astype(int)
+    pred[0] = 0  # nothing predicted
+    got = _binary_f1(y, pred)
+    assert got.tolist() == [f1_score(y, row, zero_division=0) for row in pred]
+    assert _binary_f1(np.zeros(5, int), np.zeros((1, 5), int)).tolist() == [0.0]  # zero_division=0
