@@ -17,7 +17,7 @@ largest max_c D_{c,j} ≥ τ.
 
 Fracture
   * split count (SAEBench feature splitting, Karvonen et al. 2025): per class,
-    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict_grouped_sparse`)
+    one-vs-rest, the k-sparse probe (:func:`fer_diag.probing.cv_predict_sparse`)
     on the latents raised in the class (D_{c,j} > 0: SAEBench keeps only latents
     that predict the class directly) for k = 1 … ``k_max``; the split count s_c is
     the last k whose cross-validated F1 beats the best of the smaller k by >
@@ -95,7 +95,7 @@ from fer_diag.probing import (
     check_finite,
     check_labels,
     class_mean_differences,
-    cv_predict_grouped_sparse,
+    cv_predict_sparse,
     fit_probe,
     grouped_folds,
     make_probe,
@@ -248,7 +248,7 @@ def _split_latents(concept: ConceptActivations, cfg: FERConfig) -> list[np.ndarr
 
     SAEBench feature splitting (module docstring): the cross-validated F1 of
     k = 1 … ``k_max`` comes from one pass over the folds
-    (:func:`fer_diag.probing.cv_predict_grouped_sparse`).
+    (:func:`fer_diag.probing.cv_predict_sparse`).
     """
     X, y, groups = concept.X, concept.y, concept.example_ids()
     D, labels = class_mean_differences(X, y)
@@ -259,7 +259,7 @@ def _split_latents(concept: ConceptActivations, cfg: FERConfig) -> list[np.ndarr
         ks = list(range(1, min(cfg.k_max, len(raised)) + 1))
         best, split = -np.inf, 0
         if ks:
-            pred = cv_predict_grouped_sparse(X_raised, yb, groups, ks, n_folds=cfg.n_folds, seed=cfg.seed)
+            pred = cv_predict_sparse(X_raised, yb, ks, groups=groups, n_folds=cfg.n_folds, seed=cfg.seed)
             for k, f1 in zip(ks, _binary_f1(yb, pred), strict=True):
                 if f1 > best + cfg.f1_jump:
                     best, split = f1, k

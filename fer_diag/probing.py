@@ -241,46 +241,34 @@ def cv_predict_transfer(
 
 
 @quiet
-def cv_predict_grouped(
+def cv_predict_sparse(
     X: np.ndarray,
     y: np.ndarray,
-    groups: np.ndarray,
-    *,
-    k: int | None = None,
-    n_folds: int = 5,
-    C: float = 1.0,
-    seed: int = 0,
-) -> np.ndarray:
-    """:func:`cv_predict` on :func:`grouped_folds`: no copy of an example is scored by a probe trained on it."""
-    folds = grouped_folds(y, groups, n_folds, seed)
-    return cross_val_predict(make_probe(k, C, seed), X, y, cv=folds)
-
-
-@quiet
-def cv_predict_grouped_sparse(
-    X: np.ndarray,
-    y: np.ndarray,
-    groups: np.ndarray,
     ks: Sequence[int],
     *,
+    groups: np.ndarray | None = None,
     n_folds: int = 5,
     C: float = 1.0,
     seed: int = 0,
 ) -> np.ndarray:
-    """:func:`cv_predict_grouped` of the k-sparse probe for every ``k`` in ``ks`` in one pass: ``[len(ks), n]``.
+    """Cross-validated predictions of the k-sparse probe for every ``k`` in ``ks`` in one pass: ``[len(ks), n]``.
 
-    Row i equals ``cv_predict_grouped(X, y, groups, k=ks[i])``; this is the sweep
-    over k of SAEBench's feature splitting (Karvonen et al. 2025) without the
-    per-k pipeline. Each fold ranks its features once (:func:`top_features`, the
-    ranking of :class:`MeanDifferenceSelector`, so ties and order are the same)
-    and standardises its top ``max(ks)`` columns once: scaling is column by
-    column, so the standardised prefix of k columns is the standardised top-k.
-    Each k then fits :func:`logistic` on its k columns, in the input order the
-    selector keeps. The inputs and parameters are checked once here, not in
-    every fit, and the test rows are scored with the fitted ``coef_`` and
-    ``intercept_`` as ``LogisticRegression.predict`` does.
+    Row i equals ``cross_val_predict(make_probe(ks[i]), X, y, cv=folds)`` on
+    :func:`grouped_folds` (no copy of an example, rows sharing a ``groups`` id, is
+    scored by a probe trained on it; ``groups=None``: every row its own group,
+    which is :func:`cv_predict`'s stratified folds). This is the sweep over k of
+    SAEBench's sparse probing and feature splitting (Karvonen et al. 2025)
+    without the per-k pipeline: each fold ranks its features once
+    (:func:`top_features`, the ranking of :class:`MeanDifferenceSelector`, so
+    ties and order are the same) and standardises its top ``max(ks)`` columns
+    once; scaling is column by column, so the standardised prefix of k columns is
+    the standardised top-k. Each k then fits :func:`logistic` on its k columns,
+    in the input order the selector keeps. The inputs and parameters are checked
+    once here, not in every fit, and the test rows are scored with the fitted
+    ``coef_`` and ``intercept_`` as ``LogisticRegression.predict`` does.
     """
     X, y, ks = np.asarray(X), np.asarray(y), [int(k) for k in ks]
+    groups = np.arange(len(y)) if groups is None else groups
     if min(ks, default=1) < 1 or not C > 0:
         raise ProbeInputError(f"k-sparse probes need every k >= 1 and C > 0, got ks={ks}, C={C}")
     check_finite(X, "the k-sparse probes")
@@ -418,6 +406,6 @@ def sparse_curve(
     X: np.ndarray, y: np.ndarray, ks: Sequence[int] = K_SPARSE, *, n_folds: int = 5, C: float = 1.0, seed: int = 0
 ) -> dict[int, float]:
     """Cross-validated accuracy of the k-sparse probe for each ``k`` ≤ the number of features."""
-    return {
-        k: float((cv_predict(X, y, k=k, n_folds=n_folds, C=C, seed=seed) == y).mean()) for k in ks if k <= X.shape[1]
-    }
+    ks = [k for k in ks if k <= X.shape[1]]
+    pred = cv_predict_sparse(X, y, ks, n_folds=n_folds, C=C, seed=seed)
+    return {k: float((row == y).mean()) for k, row in zip(ks, pred, strict=True)}

@@ -8,7 +8,7 @@ import networkx as nx
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from fer_diag.errors import BadInputError
 from fer_diag.fer import (
@@ -30,9 +30,11 @@ from fer_diag.fer import (
 from fer_diag.probing import (
     ProbeInputError,
     class_mean_differences,
-    cv_predict_grouped,
-    cv_predict_grouped_sparse,
+    cv_predict,
+    cv_predict_sparse,
     grouped_folds,
+    make_probe,
+    quiet,
     top_features,
 )
 from fer_diag.synthetic import SyntheticConfig, make_world
@@ -228,8 +230,14 @@ def test_grouped_folds_keep_copies_together():
 # --- the split count's one-pass k sweep equals the per-k pipeline -------------------------------------------------
 
 
+@quiet
+def per_k(X, y, groups, k, seed):
+    """The per-k pipeline the one-pass sweep replaces: make_probe(k) cross-validated on the grouped folds."""
+    return cross_val_predict(make_probe(k, seed=seed), X, y, cv=grouped_folds(y, groups, 5, seed))
+
+
 def test_sparse_sweep_predicts_as_the_per_k_pipeline():
-    """Row i of cv_predict_grouped_sparse is cv_predict_grouped(k=ks[i]): copies grouped, tied columns, 2-3 classes."""
+    """Row i of cv_predict_sparse is the per-k pipeline's: copies grouped, tied columns, 2-3 classes."""
     rng = np.random.default_rng(7)
     ks = [1, 2, 3, 5, 8, 13]
     for n_classes in (2, 3):
@@ -238,12 +246,15 @@ def test_sparse_sweep_predicts_as_the_per_k_pipeline():
         X = np.maximum(rng.normal(size=(110, 60)) + 0.6 * rng.normal(size=(n_classes, 60))[y] - 1.0, 0)
         X = X[:, np.flatnonzero(rng.random(60) < 0.8)]  # column-indexed as _split_latents passes it
         X[:, 7] = X[:, 2]  # a tie in the ranking: the lower index wins in both
-        sweep = cv_predict_grouped_sparse(X, y, ids, ks, seed=3)
+        sweep = cv_predict_sparse(X, y, ks, groups=ids, seed=3)
         for k, row in zip(ks, sweep, strict=True):
-            np.testing.assert_array_equal(row, cv_predict_grouped(X, y, ids, k=k, seed=3))
+            np.testing.assert_array_equal(row, per_k(X, y, ids, k, 3))
         assert len({row.tobytes() for row in sweep}) > 1  # k changes the predictions: the check has teeth
+        ungrouped = cv_predict_sparse(X, y, ks, seed=3)  # every row its own group: cv_predict's folds
+        for k, row in zip(ks, ungrouped, strict=True):
+            np.testing.assert_array_equal(row, cv_predict(X, y, k=k, seed=3))
     with pytest.raises(ProbeInputError, match="k >= 1"):
-        cv_predict_grouped_sparse(X, y, ids, [0, 1])
+        cv_predict_sparse(X, y, [0, 1], groups=ids)
 
 
 def test_split_latents_match_the_per_k_loop(small):
@@ -257,7 +268,7 @@ def test_split_latents_match_the_per_k_loop(small):
             yb = (y == labels[c]).astype(int)
             best, split = -np.inf, 0
             for k in range(1, min(cfg.k_max, len(raised)) + 1):
-                pred = cv_predict_grouped(X[:, raised], yb, concept.example_ids(), k=k, seed=cfg.seed)
+                pred = per_k(X[:, raised], yb, concept.example_ids(), k, cfg.seed)
                 f1 = f1_score(yb, pred, zero_division=0)
                 if f1 > best + cfg.f1_jump:
                     best, split = f1, k
