@@ -297,9 +297,13 @@ class Audit:
             checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes), "probes.pt"),
             progress=self.progress,
         )
+        t = time.perf_counter()
         pipeline.run([s.text_set(kind) for s, kind in roles], windows)
+        self.seconds["probe_stream"] = time.perf_counter() - t
         self._checkpoints.append(pipeline.checkpoint)
+        t = time.perf_counter()
         result = analyzer.compute()
+        self.seconds["probe_fits"] = time.perf_counter() - t
         result.section.skipped = list(concepts.skipped)
         return result, analyzer
 

@@ -591,9 +591,9 @@ class SparsityAnalyzer(Analyzer):
             masked = self.massive_dims.get(hook, []) if batch.basis == "raw" else []
             key = (batch.basis, hook, batch.set_name)
             # the window PR is rotation-invariant: in a rotated basis it equals the raw one, so it is not recomputed
-            layout = self.layout.setdefault(
-                key, _Layout.new(latents, masked, window=not batch.basis.startswith("raw@"))
-            )
+            if key not in self.layout:  # built once per key (not on every batch, as setdefault's argument would be)
+                self.layout[key] = _Layout.new(latents, masked, window=not batch.basis.startswith("raw@"))
+            layout = self.layout[key]
             rows = x[mask]
             dims = _dims(masked, rows.shape[1])
             if latents:
@@ -619,7 +619,9 @@ class SparsityAnalyzer(Analyzer):
             _add(self.col_sum, key, table.sum(0))
             _add(self.col_sumsq, key, np.square(table).sum(0))
             _add(self.n_seqs, key, len(table))
-            sample = self.samples.setdefault(key, SequenceSample(len(layout.columns), self.max_seqs_per_set))
+            if key not in self.samples:
+                self.samples[key] = SequenceSample(len(layout.columns), self.max_seqs_per_set)
+            sample = self.samples[key]
             sample.add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
 
     def compute(self) -> SparsityResult:
