@@ -306,29 +306,37 @@ class MassiveAnalyzer(Analyzer):
         n_hits, n_first = np.bincount(inv), np.bincount(inv, weights=p == 0)
         largest = np.zeros(len(groups))
         np.maximum.at(largest, inv, np.abs(vals))
+        by_group = np.split(tok[np.argsort(inv, kind="stable")], np.cumsum(n_hits)[:-1])  # tokens of each group
         for g, (dim, b) in enumerate(groups.tolist()):
             key = (hook, dim, b)
             self.hit_n[key] = self.hit_n.get(key, 0) + int(n_hits[g])
             self.hit_first[key] = self.hit_first.get(key, 0) + int(n_first[g])
             self.hit_max[key] = max(self.hit_max.get(key, 0.0), float(largest[g]))
-            self.hit_tokens.setdefault(key, Counter()).update(tok[inv == g].tolist())
-        # per (window, dim): the candidate of largest |h| (ties: first position)
+            self.hit_tokens.setdefault(key, Counter()).update(by_group[g].tolist())
+        # per (window, dim): the candidate of largest |h| (ties: first position), summed per (dim, bin)
         order = np.lexsort((p, -np.abs(vals), d, r))
         _, first = np.unique(np.stack([r[order], d[order]], 1), axis=0, return_index=True)
-        for k in order[first]:
-            key = (hook, int(d[k]), int(bins[k]))
-            v = float(vals[k])
-            self.seq_n[key] = self.seq_n.get(key, 0) + 1
-            self.seq_sum[key] = self.seq_sum.get(key, 0.0) + v
-            self.seq_sumsq[key] = self.seq_sumsq.get(key, 0.0) + v * v
+        top = order[first]
+        keys, at = np.unique(np.stack([d[top], bins[top]], 1), axis=0, return_inverse=True)
+        at = at.reshape(-1)
+        n, total, total_sq = np.bincount(at), np.bincount(at, vals[top]), np.bincount(at, vals[top] ** 2)
+        for j, (dim, b) in enumerate(keys.tolist()):
+            key = (hook, dim, b)
+            self.seq_n[key] = self.seq_n.get(key, 0) + int(n[j])
+            self.seq_sum[key] = self.seq_sum.get(key, 0.0) + float(total[j])
+            self.seq_sumsq[key] = self.seq_sumsq.get(key, 0.0) + float(total_sq[j])
         # per token: share of ‖h‖² above the absolute threshold, binned by the token's largest candidate
         share = (torch.where(big, sub, 0.0).square().sum(1) / sub.square().sum(1)).numpy()
-        tok_bin = abs_bins(sub.abs().amax(1).numpy())
-        for s, b in zip(share.tolist(), tok_bin.tolist(), strict=True):
+        tok_bins, at = np.unique(abs_bins(sub.abs().amax(1).numpy()), return_inverse=True)
+        at = at.reshape(-1)
+        n, total = np.bincount(at), np.bincount(at, share)
+        most = np.zeros(len(tok_bins))
+        np.maximum.at(most, at, share)
+        for j, b in enumerate(tok_bins.tolist()):
             key = (hook, b)
-            self.tok_n[key] = self.tok_n.get(key, 0) + 1
-            self.share_sum[key] = self.share_sum.get(key, 0.0) + s
-            self.share_max[key] = max(self.share_max.get(key, 0.0), s)
+            self.tok_n[key] = self.tok_n.get(key, 0) + int(n[j])
+            self.share_sum[key] = self.share_sum.get(key, 0.0) + float(total[j])
+            self.share_max[key] = max(self.share_max.get(key, 0.0), float(most[j]))
 
     def compute(self) -> MassiveResult:
         hooks = {h: self._hook(h) for h in self.hist}
