@@ -291,7 +291,7 @@ class Audit:
             n_jobs=c.n_jobs,
         )
         pipeline = Pipeline(
-            Capture(loaded.model, hooks, batch_size=c.batch_size, need_logits=False, trim_padding=True),
+            Capture(loaded.model, hooks, need_logits=False, token_budget=c.batch_size * c.seq_len),
             {"probes": analyzer},
             sae_basis=SAEBasis(saes) if saes else None,
             checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes), "probes.pt"),

@@ -201,10 +201,12 @@ class Capture:
     entropy and max-probability (the perplexity baselines of DESIGN §5).
     ``keep_logits`` (implies ``need_logits``) also attaches the logits themselves, for
     measures that need two models' whole distributions (:mod:`fer_diag.compare`).
-    ``trim_padding`` cuts each batch after its last counted position: windows of
-    unequal length (concept windows, shortest first) then cost only their own
-    tokens. A causal model's earlier positions do not depend on the padding cut,
-    but the batch is narrower than ``seq_len``.
+    ``token_budget`` sizes batches by tokens instead of ``batch_size``: a batch
+    takes the next windows while rows × width stays within the budget (one window
+    at least) and is cut after its last counted position. Windows of unequal
+    length (concept windows, shortest first) then cost only their own tokens, and
+    short ones go many to a pass. A causal model's earlier positions do not depend
+    on the padding cut, but such a batch is narrower than the windows.
     """
 
     model: object
@@ -213,7 +215,7 @@ class Capture:
     need_logits: bool = False
     check_finite: bool = True
     keep_logits: bool = False
-    trim_padding: bool = False
+    token_budget: int | None = None
 
     def __post_init__(self) -> None:
         self.hooks = resolve_hooks(self.model, self.hooks)
@@ -236,13 +238,8 @@ class Capture:
         """
         labels = None if text_set.labels is None else torch.as_tensor(text_set.labels)
         stop = None if self.need_logits else stop_layer(self.model, self.hooks)
-        n = len(windows)
-        for lo in range(start, n, self.batch_size):
-            hi = min(lo + self.batch_size, n)
-            tokens, mask = windows.tokens[lo:hi], windows.mask[lo:hi]
-            if self.trim_padding and mask.any():
-                width = int(mask.any(0).nonzero().max()) + 1
-                tokens, mask = tokens[:, :width], mask[:, :width]
+        for lo, hi, width in self._spans(windows, start):
+            tokens, mask = windows.tokens[lo:hi, :width], windows.mask[lo:hi, :width]
             out, cache = self._forward(tokens, stop)
             acts = {h: per_position(h, cache[h], tokens.shape) for h in self.hooks}
             if self.check_finite:
@@ -263,6 +260,23 @@ class Capture:
                 if self.keep_logits:
                     batch.logits = out
             yield batch
+
+    def _spans(self, windows: Windows, start: int) -> Iterator[tuple[int, int, int]]:
+        """``(lo, hi, width)`` of each batch: ``batch_size`` rows at full width, or packed by ``token_budget``."""
+        n, full = len(windows), windows.tokens.shape[1]
+        if self.token_budget is None:
+            yield from ((lo, min(lo + self.batch_size, n), full) for lo in range(start, n, self.batch_size))
+            return
+        pos = torch.arange(full).expand_as(windows.mask)  # a window's width: through its last counted position
+        ends = (torch.where(windows.mask, pos, 0).amax(1) + 1).tolist()
+        lo = start
+        while lo < n:
+            hi, width = lo + 1, ends[lo]
+            while hi < n and (hi + 1 - lo) * max(width, ends[hi]) <= self.token_budget:
+                width = max(width, ends[hi])
+                hi += 1
+            yield lo, hi, width
+            lo = hi
 
     @torch.inference_mode()
     def _forward(self, tokens: torch.Tensor, stop: int | None):

@@ -160,17 +160,27 @@ def test_hook_errors_are_user_errors():
 
 
 @pytest.mark.parametrize("which", ["tiny_hooked", "tiny_bridge"])
-def test_trimmed_batches_are_cut_after_their_last_counted_token_and_read_the_same(which, request, tiny_tokenizer):
-    """trim_padding: a batch of short windows is only as wide as its longest one; counted positions are unchanged."""
+def test_token_budget_packs_short_windows_and_reads_what_full_batches_do(which, request, tiny_tokenizer):
+    """token_budget: batches hold rows × width ≤ budget, cut after their last counted token; same activations."""
     loaded = request.getfixturevalue(which)
-    ts = TextSet("id", SetKind.IN_DISTRIBUTION, texts=["a b c d e f", "the cat", *TEXTS])
+    ts = TextSet("id", SetKind.IN_DISTRIBUTION, texts=["a b c d e f", "the cat", "a dog", *TEXTS])
     w = tokenize_windows(ts, tiny_tokenizer, seq_len=32, bos_token_id=1, pad_token_id=2, min_tokens=1)
+    w = w.select(torch.argsort(w.mask.sum(1), stable=True))  # shortest first, as concept windows come
     hooks = ["blocks.1.hook_resid_post"]
-    full = list(Capture(loaded.model, hooks, batch_size=2).batches(w, ts))
-    cut = list(Capture(loaded.model, hooks, batch_size=2, trim_padding=True).batches(w, ts))
-    widths = [b.tokens.shape[1] for b in cut]
-    assert widths[0] < 32 and widths == [int(b.mask.any(0).nonzero().max()) + 1 for b in full]
-    for a, b in zip(full, cut, strict=True):
-        n = b.tokens.shape[1]
-        assert not a.mask[:, n:].any()
-        torch.testing.assert_close(b.acts[hooks[0]][b.mask], a.acts[hooks[0]][:, :n][a.mask[:, :n]])
+    full = {
+        int(i): a
+        for b in Capture(loaded.model, hooks, batch_size=2).batches(w, ts)
+        for i, a in zip(b.seq_index, b.acts[hooks[0]], strict=True)
+    }
+    budget = 40
+    packed = list(Capture(loaded.model, hooks, token_budget=budget).batches(w, ts))
+    assert sum(len(b.seq_index) for b in packed) == len(w) and len(packed) < len(w)
+    assert max(len(b.seq_index) for b in packed) > 2  # short windows go many to a pass
+    for b in packed:
+        assert b.tokens.numel() <= budget or len(b.seq_index) == 1
+        assert b.mask[:, -1].any()  # cut after the batch's last counted position
+        for i, row, m in zip(b.seq_index.tolist(), b.acts[hooks[0]], b.mask, strict=True):
+            n = len(m)
+            torch.testing.assert_close(row[m], full[i][:n][m])
+    resumed = list(Capture(loaded.model, hooks, token_budget=budget).batches(w, ts, start=3))
+    assert resumed[0].seq_index[0] == w.index[3] and sum(len(b.seq_index) for b in resumed) == len(w) - 3

@@ -603,7 +603,7 @@ def concept_windows(
     after it cannot change its activations, so cutting them changes nothing it
     reads. Windows are as wide as the longest one (at most ``seq_len``) and come
     shortest first, so that a batch holds windows of similar length (with
-    ``Capture(trim_padding=True)`` it is only as wide as its longest window);
+    ``Capture(token_budget=…)`` it is only as wide as its longest window, and short windows go many to a pass);
     ``index`` and ``source_index`` are the example's index. Raises
     :class:`~fer_diag.errors.TextSetError` naming the example when a marked token
     falls outside ``seq_len`` tokens or a text has no token.
