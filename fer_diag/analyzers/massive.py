@@ -301,7 +301,10 @@ class MassiveAnalyzer(Analyzer):
         vals = sub[i, dims].numpy()
         bins = abs_bins(np.abs(vals))
         r, p, d, tok = rows[i].numpy(), pos[i].numpy(), dims.numpy(), tokens[rows[i], pos[i]].numpy()
-        groups, inv = np.unique(np.stack([d, bins], 1), axis=0, return_inverse=True)
+        width = x.shape[-1]
+        dim_bin = bins.astype(np.int64) * width + d  # one integer per (dim, bin): a 1-D unique, not a row-wise one
+        codes, inv = np.unique(dim_bin, return_inverse=True)
+        groups = np.stack([codes % width, codes // width], 1)
         inv = inv.reshape(-1)
         n_hits, n_first = np.bincount(inv), np.bincount(inv, weights=p == 0)
         largest = np.zeros(len(groups))
@@ -315,9 +318,10 @@ class MassiveAnalyzer(Analyzer):
             self.hit_tokens.setdefault(key, Counter()).update(by_group[g].tolist())
         # per (window, dim): the candidate of largest |h| (ties: first position), summed per (dim, bin)
         order = np.lexsort((p, -np.abs(vals), d, r))
-        _, first = np.unique(np.stack([r[order], d[order]], 1), axis=0, return_index=True)
+        _, first = np.unique(r[order].astype(np.int64) * width + d[order], return_index=True)
         top = order[first]
-        keys, at = np.unique(np.stack([d[top], bins[top]], 1), axis=0, return_inverse=True)
+        codes, at = np.unique(dim_bin[top], return_inverse=True)
+        keys = np.stack([codes % width, codes // width], 1)
         at = at.reshape(-1)
         n, total, total_sq = np.bincount(at), np.bincount(at, vals[top]), np.bincount(at, vals[top] ** 2)
         for j, (dim, b) in enumerate(keys.tolist()):
