@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from fer_diag.analyzers.base import Analyzer
 from fer_diag.analyzers.baselines import BaselineAnalyzer
@@ -96,6 +96,13 @@ class AuditConfig(BaseModel):
         -1, description="processes for the probe and FER fits (joblib: -1 every core, None or 1 one process)"
     )
     verdict: VerdictConfig = Field(default_factory=VerdictConfig, description="thresholds of the verdict")
+
+    @field_validator("n_jobs")
+    @classmethod
+    def _n_jobs(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("0 processes run nothing: use 1, a number of processes, or -1 (every core)")
+        return value
 
 
 def suite_windows(

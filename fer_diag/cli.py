@@ -154,6 +154,9 @@ def audit(
     fer_boot: Annotated[
         int, typer.Option(help="bootstrap replicates of each FER index CI (each costs one more FER pass; 0: no CI)")
     ] = 0,
+    n_jobs: Annotated[
+        int, typer.Option(help="processes for the probe and FER fits (joblib: -1 every core, 1 one process)")
+    ] = -1,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
     max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
@@ -189,6 +192,7 @@ def audit(
             concepts=_concept_names(builtin_concepts),
             concept_per_class=concept_per_class,
             fer_boot=fer_boot,
+            n_jobs=n_jobs,
         )
         if bool(id_text) != bool(ood_text):
             raise ConfigError("pass both --id-text and --ood-text (or neither, for the default suite)")

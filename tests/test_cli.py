@@ -61,6 +61,7 @@ def test_id_text_without_ood_text_is_bad_input(tmp_path, texts, no_audit):
         ("--seq-len", 3, "--seq-len 3 is out of range: pass --seq-len 4 or more"),
         ("--min-tokens", 0, "--min-tokens 0 is out of range: pass --min-tokens 1 or more"),
         ("--ce-windows", -1, "--ce-windows -1 is out of range: pass --ce-windows 0 or more"),
+        ("--n-jobs", 0, "--n-jobs: Value error, 0 processes run nothing: use 1, a number of processes, or -1"),
         ("--seq-len", 100000, "--seq-len 100000 is longer than the context of smollm2-135m (2048 tokens)"),
     ],
 )
