@@ -142,6 +142,23 @@ def test_transfer_drop_when_the_concept_is_absent_from_the_twin():
     assert decodable(row, VerdictConfig())
 
 
+def test_rows_fitted_in_parallel_equal_the_serial_ones():
+    """n_jobs only spreads the rows over processes: every row and fitted direction is the same, in the same order."""
+    X, y = planted(n=90, k=3, d=8)
+    specs = (ConceptSpec("c", "token", ("x", "y", "z")), ConceptSpec("d", "sequence", ("x", "y", "z")))
+    results = []
+    for n_jobs in (None, 2):
+        an = ProbeAnalyzer(specs, ks=(1, 2), n_boot=20, n_jobs=n_jobs)
+        feed_planted(an, "c", X, y)
+        feed_planted(an, "d", X[::-1].copy(), y[::-1].copy())
+        results.append(an.compute())
+    serial, parallel = results
+    assert [r.model_dump() for r in serial.section.rows] == [r.model_dump() for r in parallel.section.rows]
+    assert serial.fits.keys() == parallel.fits.keys()
+    for key, fit in serial.fits.items():
+        np.testing.assert_array_equal(fit.direction, parallel.fits[key].direction)
+
+
 def test_reservoir_keeps_max_per_class_and_every_class():
     X, y = planted(n=120, k=3, d=6)
     an = ProbeAnalyzer((ConceptSpec("c", "token", ("x", "y", "z")),), max_per_class=10, ks=(), n_boot=0)
@@ -158,8 +175,10 @@ def test_reservoir_keeps_max_per_class_and_every_class():
         (np.r_[np.zeros(17, int), np.ones(3, int)], ("a", "b"), "fewer examples than the 5 folds"),
     ],
 )
-def test_probe_errors_name_the_fix(labels, classes, match):
-    an = ProbeAnalyzer((ConceptSpec("c", "token", classes),), ks=(), n_boot=0)
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_probe_errors_name_the_fix(labels, classes, match, n_jobs):
+    """The same error, with its type and fix, whether the rows are fitted here or in worker processes."""
+    an = ProbeAnalyzer((ConceptSpec("c", "token", classes),), ks=(), n_boot=0, n_jobs=n_jobs)
     feed_planted(an, "c", np.random.default_rng(0).normal(size=(len(labels), 3)), labels)
     with pytest.raises(ProbeInputError, match=match):
         an.compute()
