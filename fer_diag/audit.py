@@ -317,7 +317,7 @@ class Audit:
     def _fer(self, analyzer: ProbeAnalyzer, saes: dict, probes: ProbeSection) -> tuple[FERSection, dict]:
         """FER scores at every hook × basis the probes saw where the basis has features (SAE latents, MLP neurons).
 
-        Returns the section and the co-activation graphs (``hook/basis → networkx.Graph``).
+        Returns the section and the co-activation graphs (``hook/basis/level → networkx.Graph``).
         """
         import networkx as nx
         from joblib import Parallel, delayed
@@ -355,8 +355,10 @@ class Audit:
             ):
                 if bar:
                     bar.advance(task)
-                graphs[f"{hook}/{basis}"] = nx.node_link_graph(scores[0].graph, edges="edges")
-                for sc in scores:
+                for sc in scores:  # one co-activation graph per level (token, sequence) of the concepts
+                    key = f"{hook}/{basis}/{sc.level}"
+                    if key not in graphs:
+                        graphs[key] = nx.node_link_graph(sc.graph, edges="edges")
                     probe = probe_rows.get((sc.concept, hook, basis))
                     comps = {k: getattr(sc, k) for k in (*FRACTURE, *ENTANGLEMENT)}
                     rows.append(

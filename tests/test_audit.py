@@ -259,7 +259,9 @@ def test_audit_probes_user_concepts_and_scores_fer_on_the_sae(tiny_hooked, tmp_p
     assert animal.absorption is not None  # token level, SAE basis: absorption defined
     kind_row = report.fer.rows[[r.concept for r in report.fer.rows].index("kind")]
     assert kind_row.absorption is None and "sequence" in kind_row.reasons["absorption"]
-    assert (out / report.fer.graphs[f"{hook}/sae"]).is_file()
+    for level in ("sequence", "token"):  # one co-activation graph per level: a window mean is not one token
+        assert (out / report.fer.graphs[f"{hook}/sae/{level}"]).is_file()
+    assert kind_row.modularity_deficit is None and "same level" in kind_row.reasons["modularity_deficit"]
     assert (out / "probe_directions.safetensors").is_file()
     md = (out / "report.md").read_text()
     assert "## Probes" in md and "## Fractured-entanglement" in md

@@ -283,3 +283,32 @@ def test_binary_f1_is_sklearns_to_the_bit():
     got = _binary_f1(y, pred)
     assert got.tolist() == [f1_score(y, row, zero_division=0) for row in pred]
     assert _binary_f1(np.zeros(5, int), np.zeros((1, 5), int)).tolist() == [0.0]  # zero_division=0
+
+
+def test_a_concept_of_the_other_level_stays_out_of_the_graph(small):
+    """One co-activation graph per level: a sequence concept (window means, which fire on nearly every latent)
+    beside the token concepts leaves their graph components exactly as without it, and gets its own graph."""
+    cfg = FERConfig(n_boot=0, k_max=3)
+    token = activations(small)
+    c0 = token[0]
+    windows = np.random.default_rng(0).integers(0, len(c0.y), size=(60, 8))
+    means = replace(
+        c0,
+        name="windows",
+        level="sequence",
+        X=c0.X[windows].mean(axis=1),
+        y=c0.y[windows[:, 0]],
+        X_twin=None,
+        y_twin=None,
+        raw=c0.raw[windows].mean(axis=1),
+    )
+    assert (means.X > 0).mean() > 2 * (c0.X > 0).mean()  # the means are dense, as SmolLM2's window means are
+    alone = fer_scores(token, small.encoder.W_dec, cfg)
+    beside = fer_scores([*token, means], small.encoder.W_dec, cfg)
+    for a, b in zip(alone, beside, strict=False):
+        for k in ("graph_fragmentation", "modularity_deficit"):
+            assert getattr(a, k).value == getattr(b, k).value, (a.concept, k)
+        assert a.graph == b.graph
+    seq = beside[-1]
+    assert {d["level"] for d in seq.graph["nodes"]} == {"sequence"} and seq.graph != beside[0].graph
+    assert seq.modularity_deficit.value is None and "same level" in seq.modularity_deficit.reason

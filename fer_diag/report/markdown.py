@@ -310,8 +310,8 @@ def _fer(r: Report) -> str:
             ]
             for x in rows
         ]
-        graph = fer.graphs.get(f"{hook}/{basis}")
-        out += ["", f"### {hook} ({basis})" + (f" — co-activation graph: `{graph}`" if graph else ""), ""]
+        graphs = [f"`{path}`" for key, path in fer.graphs.items() if key.startswith(f"{hook}/{basis}/")]
+        out += ["", f"### {hook} ({basis})" + (f" — co-activation graphs: {', '.join(graphs)}" if graphs else ""), ""]
         out += [table(header, body)]
         for x in rows:
             if limit is not None and x.index is not None and x.index > limit:

@@ -218,7 +218,7 @@ def probe_curves(report: Report, out: Path) -> list[Path]:
 
 
 def fer_graph(report: Report, out: Path, out_dir: Path) -> list[Path]:
-    """The co-activation graph (read back from its GraphML) at the hook and basis of the highest FER index."""
+    """The co-activation graph (read back from its GraphML) of the highest FER index: its hook, basis and level."""
     import networkx as nx
 
     fer = report.fer
@@ -226,7 +226,7 @@ def fer_graph(report: Report, out: Path, out_dir: Path) -> list[Path]:
     if not rows:
         return []
     worst = max(rows, key=lambda x: x.index)
-    path = out_dir / fer.graphs.get(f"{worst.hook}/{worst.basis}", "")
+    path = out_dir / fer.graphs.get(f"{worst.hook}/{worst.basis}/{worst.level}", "")
     if not path.is_file():
         return []
     graph = nx.read_graphml(path)
@@ -243,7 +243,9 @@ def fer_graph(report: Report, out: Path, out_dir: Path) -> list[Path]:
     if len(mine) <= 40:
         nx.draw_networkx_labels(graph, pos, labels={n: graph.nodes[n].get("class", "") for n in mine}, font_size=6)
     ax.set_title(
-        f"co-activation graph at {worst.hook} ({worst.basis}); {worst.concept}: FER index {worst.index:.2f}", fontsize=9
+        f"co-activation graph of the {worst.level}-level concepts at {worst.hook} ({worst.basis}); "
+        f"{worst.concept}: FER index {worst.index:.2f}",
+        fontsize=9,
     )
     ax.legend(fontsize=7, markerscale=0.7)
     ax.axis("off")

@@ -441,7 +441,9 @@ class FERSection(Section):
     rows: list[FERRow]
     not_scored: list[str] = Field(description="hook/basis pairs left out, each with why")
     graphs: dict[str, str] = Field(
-        default_factory=dict, description="hook/basis → co-activation graph file (GraphML), next to report.json"
+        default_factory=dict,
+        description="hook/basis/level → co-activation graph file (GraphML) of the concepts read at that level "
+        "(token or sequence), next to report.json",
     )
 
 
