@@ -28,3 +28,11 @@ def test_rotated_model_example_shows_invariant_scores_unmoved(tmp_path, monkeypa
     out = capsys.readouterr().out
     largest = float(out.rsplit("largest move", 1)[1].split()[0])
     assert largest < 0.02  # participation ratio and SAE latents do not see the rotation
+
+
+def test_fer_calibration_example_prints_an_index_that_follows_each_planted_factor(capsys):
+    """No model needed: the generator's sweeps, as a user would run them to read the index's scale."""
+    runpy.run_path(str(EXAMPLES / "fer_calibration.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rhos = [float(part.split()[0]) for part in out.split("FER index) = ")[1:]]
+    assert len(rhos) == 2 and min(rhos) >= 0.9, out
