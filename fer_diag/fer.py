@@ -106,6 +106,7 @@ from fer_diag.probing import (
     cv_predict_sparse,
     fit_probe,
     grouped_folds,
+    macro_f1,
     make_probe,
     quiet,
     top_features,
@@ -241,18 +242,6 @@ def _none(reason: str) -> Component:
     return Component(value=None, reason=reason)
 
 
-def _binary_f1(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """F1 of the label 1 in each row of ``pred [..., n]``: 2·TP/(#true + #predicted), 0 when both are 0.
-
-    scikit-learn's ``f1_score(y, row, zero_division=0)`` to the bit: the same
-    quotient of two exact integers.
-    """
-    true, hit = np.asarray(y) == 1, np.asarray(pred) == 1
-    tp = (hit & true).sum(axis=-1)
-    denom = true.sum() + hit.sum(axis=-1)
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-
-
 def _split_latents(concept: ConceptActivations, cfg: FERConfig) -> list[np.ndarray]:
     """Per class (sorted labels), its split latents: the k-sparse probe's choice at the split count.
 
@@ -270,7 +259,7 @@ def _split_latents(concept: ConceptActivations, cfg: FERConfig) -> list[np.ndarr
         best, split = -np.inf, 0
         if ks:
             pred = cv_predict_sparse(X_raised, yb, ks, groups=groups, n_folds=cfg.n_folds, seed=cfg.seed)
-            for k, f1 in zip(ks, _binary_f1(yb, pred), strict=True):
+            for k, f1 in zip(ks, macro_f1(yb, pred, np.array([1])), strict=True):
                 if f1 > best + cfg.f1_jump:
                     best, split = f1, k
         out.append(raised[top_features(X_raised, yb, split)])

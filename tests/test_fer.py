@@ -17,7 +17,6 @@ from fer_diag.fer import (
     ConceptActivations,
     FERConfig,
     FERScores,
-    _binary_f1,
     _split_latents,
     coactivation_graph,
     context_fracture,
@@ -33,6 +32,7 @@ from fer_diag.probing import (
     cv_predict,
     cv_predict_sparse,
     grouped_folds,
+    macro_f1,
     make_probe,
     quiet,
     top_features,
@@ -275,14 +275,15 @@ def test_split_latents_match_the_per_k_loop(small):
             np.testing.assert_array_equal(got, raised[top_features(X[:, raised], yb, split)])
 
 
-def test_binary_f1_is_sklearns_to_the_bit():
+def test_f1_of_the_positive_class_is_sklearns_binary_f1_to_the_bit():
+    """The split count scores each k with macro_f1 over the label 1 alone: sklearn's binary F1, bit for bit."""
     rng = np.random.default_rng(0)
     y = (rng.random(50) < 0.2).astype(int)
     pred = (rng.random((30, 50)) < rng.random((30, 1))).astype(int)
     pred[0] = 0  # nothing predicted
-    got = _binary_f1(y, pred)
+    got = macro_f1(y, pred, np.array([1]))
     assert got.tolist() == [f1_score(y, row, zero_division=0) for row in pred]
-    assert _binary_f1(np.zeros(5, int), np.zeros((1, 5), int)).tolist() == [0.0]  # zero_division=0
+    assert macro_f1(np.zeros(5, int), np.zeros((1, 5), int), np.array([1])).tolist() == [0.0]  # zero_division=0
 
 
 def test_a_concept_of_the_other_level_stays_out_of_the_graph(small):
