@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 from fer_diag.capture import ActivationBatch, hook_layer
 
 _RESID_POST = ".hook_resid_post"
+_RESID_HOOK = re.compile(r"\.hook_resid_(pre|mid|post)$")
 
 
 class RawBasis:
@@ -131,6 +132,7 @@ class SAEBasis:
     def __init__(self, saes: dict[str, SAE], name: str = "sae") -> None:
         self.saes = saes
         self.name = name
+        self._ablated_logp: dict[tuple, torch.Tensor] = {}  # see _ablated_nll
 
     @property
     def hooks(self) -> list[str]:
@@ -169,7 +171,9 @@ class SAEBasis:
         passed. With ``acts`` (the clean hook activations of these windows, as
         captured) a HookedTransformer resumes from the block after a
         ``hook_resid_post`` instead of running the blocks before it again; other
-        hooks and models splice the value in through a forward hook.
+        hooks and models splice the value in through a forward hook. The
+        zero-ablated pass of a residual-stream hook is often run once per run,
+        not per batch (:meth:`_ablated_nll`).
 
         The reconstruction (and the zero-ablation) replaces the hook's vector at
         the counted positions only: position 0 / BOS keeps its own vector, as in
@@ -191,12 +195,45 @@ class SAEBasis:
             spliced = _nll(
                 _logits_with(model, tokens, hook, _splice(mask, partial(_recon, sae)), cached), tokens, count
             )
-            ablated = _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), cached), tokens, count)
+            ablated = self._ablated_nll(model, tokens, mask, hook, cached)
             out[hook] = [
                 CESums(float(c), float(s), float(a), int(n))
                 for c, s, a, n in zip(clean, spliced, ablated, n_tok, strict=True)
             ]
         return out
+
+
+    def _ablated_nll(
+        self, model, tokens: torch.Tensor, mask: torch.Tensor, hook: str, acts: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-window summed NLL with the hook zero-ablated at the counted positions.
+
+        When the hook is the residual stream and every position but 0 is ablated,
+        what follows the hook sees at position p only the vector at position 0
+        (a function of the first token alone, by causality) and zeros: its logits
+        depend on (p, first token) and not on the window. They are then computed
+        once, from one window, and kept for every later batch with the same first
+        token and length. Not where position 0 differs between windows, positions
+        are left out (padding), or the model masks pad tokens it finds in the input
+        (left padding): those windows run the ablated pass themselves.
+        """
+        count = mask[:, 1:]
+        shared = (
+            _RESID_HOOK.search(hook) is not None
+            and bool(count.all())
+            and bool((tokens[:, 0] == tokens[0, 0]).all())
+            and getattr(getattr(model, "tokenizer", None), "padding_side", "right") != "left"
+        )
+        if not shared:
+            return _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), acts), tokens, count)
+        key = (id(model), hook, tokens.shape[1], int(tokens[0, 0]))
+        if key not in self._ablated_logp:
+            first = None if acts is None else acts[:1]
+            logits = _logits_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
+            self._ablated_logp[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
+        logp = self._ablated_logp[key]
+        nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:]]  # [b, t − 1]
+        return torch.where(count, nll.double(), 0.0).sum(1).cpu()
 
 
 def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None) -> torch.Tensor:

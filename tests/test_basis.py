@@ -130,3 +130,37 @@ def test_ce_sums_on_a_bridge_through_an_alias(tiny_bridge):
     sums = {h: sum(v, CESums()) for h, v in per_window.items()}
     assert sums[HOOK0].score() == pytest.approx(1.0, abs=1e-4)
     assert sums[HOOK1].score() == pytest.approx(0.0, abs=1e-6)
+
+
+def _ablated_reference(model, tokens: torch.Tensor, mask: torch.Tensor, hook: str) -> torch.Tensor:
+    """Summed NLL per window with ``hook`` zeroed at the counted positions: one full forward pass per batch."""
+
+    def zero(acts, hook=None):
+        return torch.where(mask[..., None], 0.0, acts)
+
+    with torch.no_grad():
+        logp = torch.log_softmax(model.run_with_hooks(tokens, fwd_hooks=[(hook, zero)])[:, :-1].float(), -1)
+    nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    return torch.where(mask[:, 1:], nll.double(), 0.0).sum(1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hooked", "tiny_bridge"])
+def test_ce_ablation_is_shared_across_windows_with_the_same_first_token(fixture, request):
+    model = request.getfixturevalue(fixture).model
+    d = model.cfg.d_model
+    basis = SAEBasis({HOOK0: zero_sae(d, HOOK0), HOOK1: exact_sae(d, HOOK1)})
+    for seed in (4, 5):  # the second batch reuses the first one's ablated pass
+        w = windows(4, 9, model.cfg.d_vocab, seed=seed)
+        w.tokens[:, 0] = 3  # one BOS-like first token
+        per_window = basis.ce_sums(model, w.tokens, w.mask)
+        for hook in (HOOK0, HOOK1):
+            got = torch.tensor([s.ablated for s in per_window[hook]], dtype=torch.float64)
+            torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
+        assert len(basis._ablated_logp) == 2  # one per hook, shared by both batches
+    # windows whose first tokens differ run the ablated pass themselves, with the same answer
+    w = windows(3, 9, model.cfg.d_vocab, seed=6)
+    w.tokens[:, 0] = torch.tensor([3, 4, 5])
+    mixed = basis.ce_sums(model, w.tokens, w.mask)
+    got = torch.tensor([s.ablated for s in mixed[HOOK0]], dtype=torch.float64)
+    torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, HOOK0), rtol=1e-5, atol=1e-6)
+    assert len(basis._ablated_logp) == 2
