@@ -202,7 +202,6 @@ class SAEBasis:
             ]
         return out
 
-
     def _ablated_nll(
         self, model, tokens: torch.Tensor, mask: torch.Tensor, hook: str, acts: torch.Tensor | None
     ) -> torch.Tensor:
