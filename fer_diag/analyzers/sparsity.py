@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -547,7 +549,8 @@ class SparsityAnalyzer(Analyzer):
 
     ``update`` sorts each hook's ``[n_tokens, d]`` block once (counted tokens:
     ``batch.mask``), computes every metric from it, and reduces to per-window means
-    and last-token values; the window PR is one batched Gram product. Reads raw
+    and last-token values; the window PR is one batched Gram product. Hooks run
+    in threads (one per torch thread): each fills only its own keys. Reads raw
     activations, their generic rotations and SAE latents (each basis is its own key;
     massive dims are masked in the raw basis only).
     """
@@ -580,49 +583,51 @@ class SparsityAnalyzer(Analyzer):
     def update(self, batch: ActivationBatch) -> None:
         record_set(self.sets, batch)
         mask = batch.mask.bool()
+        hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
+        for key in ((batch.basis, h, batch.set_name) for h in hooks):  # declared here: the threads only fill them
+            if key not in self.layout:
+                masked = self.massive_dims.get(key[1], []) if batch.basis == "raw" else []
+                # the window PR is rotation-invariant: in a rotated basis it equals the raw one, not recomputed
+                self.layout[key] = _Layout.new(batch.is_latent, masked, window=not batch.basis.startswith("raw@"))
+                self.samples[key] = SequenceSample(len(self.layout[key].columns), self.max_seqs_per_set)
+        # each hook's key is its own: hooks run in threads (numpy's sort and reductions release the GIL)
+        list(_pool().map(partial(self._update_hook, batch, mask), hooks))
+
+    def _update_hook(self, batch: ActivationBatch, mask: torch.Tensor, hook: str) -> None:
         n_tok = mask.sum(1)
         has = n_tok > 0
         seq_of_row = torch.repeat_interleave(torch.arange(len(n_tok)), n_tok)
         last_row = n_tok.cumsum(0)[has] - 1  # = batch.last_index() of each window, as a row of x[mask]
         latents = batch.is_latent
-        hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
-        for hook in hooks:
-            x = batch.acts[hook]
-            masked = self.massive_dims.get(hook, []) if batch.basis == "raw" else []
-            key = (batch.basis, hook, batch.set_name)
-            # the window PR is rotation-invariant: in a rotated basis it equals the raw one, so it is not recomputed
-            if key not in self.layout:  # built once per key (not on every batch, as setdefault's argument would be)
-                self.layout[key] = _Layout.new(latents, masked, window=not batch.basis.startswith("raw@"))
-            layout = self.layout[key]
-            rows = x[mask]
-            dims = _dims(masked, rows.shape[1])
-            if latents:
-                s, zeros, fires = _sorted_latents(rows)
-                _add(self.fires, key, fires)
-                variants = [_metrics(_row_stats(s, zeros=zeros), latents)]
-            elif dims is None:
-                s, _ = _sorted_abs(rows)
-                variants = [_metrics(_row_stats(s), latents)]
-            else:
-                s, removed = _sorted_abs(rows, dims)
-                kept = _row_stats(s, len(dims))
-                variants = [_metrics(_add_removed(kept, s, removed)), _metrics(kept)]
-            pr = _window_pr(x, mask, dims) if layout.window else []
-            v64 = torch.stack([v[m] for v in variants for m in layout.metrics], 1).double()  # [N, V·M]
-            _add(self.tok_sum, key, v64.sum(0).numpy())
-            _add(self.tok_sumsq, key, v64.square().sum(0).numpy())
-            _add(self.n_tokens, key, len(v64))
-            means = torch.zeros(len(n_tok), v64.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
-            means = means[has] / n_tok[has, None]
-            parts = [means, v64[last_row]] + ([torch.stack(pr, 1)[has].double()] if pr else [])
-            table = torch.cat(parts, 1).numpy()
-            _add(self.col_sum, key, table.sum(0))
-            _add(self.col_sumsq, key, np.square(table).sum(0))
-            _add(self.n_seqs, key, len(table))
-            if key not in self.samples:
-                self.samples[key] = SequenceSample(len(layout.columns), self.max_seqs_per_set)
-            sample = self.samples[key]
-            sample.add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
+        x = batch.acts[hook]
+        key = (batch.basis, hook, batch.set_name)
+        layout = self.layout[key]
+        rows = x[mask]
+        dims = _dims(layout.masked_dims, rows.shape[1])
+        if latents:
+            s, zeros, fires = _sorted_latents(rows)
+            _add(self.fires, key, fires)
+            variants = [_metrics(_row_stats(s, zeros=zeros), latents)]
+        elif dims is None:
+            s, _ = _sorted_abs(rows)
+            variants = [_metrics(_row_stats(s), latents)]
+        else:
+            s, removed = _sorted_abs(rows, dims)
+            kept = _row_stats(s, len(dims))
+            variants = [_metrics(_add_removed(kept, s, removed)), _metrics(kept)]
+        pr = _window_pr(x, mask, dims) if layout.window else []
+        v64 = torch.stack([v[m] for v in variants for m in layout.metrics], 1).double()  # [N, V·M]
+        _add(self.tok_sum, key, v64.sum(0).numpy())
+        _add(self.tok_sumsq, key, v64.square().sum(0).numpy())
+        _add(self.n_tokens, key, len(v64))
+        means = torch.zeros(len(n_tok), v64.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
+        means = means[has] / n_tok[has, None]
+        parts = [means, v64[last_row]] + ([torch.stack(pr, 1)[has].double()] if pr else [])
+        table = torch.cat(parts, 1).numpy()
+        _add(self.col_sum, key, table.sum(0))
+        _add(self.col_sumsq, key, np.square(table).sum(0))
+        _add(self.n_seqs, key, len(table))
+        self.samples[key].add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
 
     def compute(self) -> SparsityResult:
         profiles, tables, density = {}, {}, {}
@@ -668,6 +673,12 @@ class SparsityAnalyzer(Analyzer):
             for stats in metrics.values():
                 stats["masked"] = stats["unmasked"]
         return Profile(n_tokens, n_seqs, list(layout.masked_dims), not layout.masked_dims, metrics)
+
+
+@cache
+def _pool() -> ThreadPoolExecutor:
+    """Threads for the per-hook work of :meth:`SparsityAnalyzer.update`, one per torch thread."""
+    return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="sparsity")
 
 
 def _add(state: dict, key, value) -> None:
