@@ -495,6 +495,7 @@ class Audit:
             c.verdict,
             probes.section if probes is not None else None,
             fer,
+            n_jobs=c.n_jobs,
         )
         self.seconds["verdict"] = time.perf_counter() - t4
         report = self._report(loaded, hooks, suite, windows, saes, resumed, sections)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from scipy import stats as sst
 
+from fer_diag.threads import thread_map
+
 #: Fieller, Hartley & Pearson (1957): var(atanh ρ_Spearman) ≈ 1.06 / (n − 3)
 SPEARMAN_FISHER_VAR = 1.06
 
@@ -361,17 +363,20 @@ def _rank_corrs(level: np.ndarray, scores: np.ndarray, covariate: np.ndarray | N
     tied = (first != last).any(0)
     out = np.empty((len(bases), w.shape[0], scores.shape[1]))
     step = max(1, (_CHUNK_ELEMENTS // 2) // w.size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for c in range(0, scores.shape[1], step):
-            sl = slice(c, c + step)
-            o = order[:, sl]
-            ws = w[:, o]  # [B, n, c] weights in each column's sort order
-            ties = tied[sl].any()
-            rs = _sorted_midranks(ws, first[:, sl] if ties else None, last[:, sl] if ties else None)
-            wr = ws * rs
-            ss = (wr * rs).sum(1) - n_tot * ((n_tot + 1.0) / 2.0) ** 2  # weighted SS of the score's midranks
+
+    def chunk(c: int) -> None:  # columns c … c + step, in threads (disjoint slices of out)
+        sl = slice(c, c + step)
+        o = order[:, sl]
+        ws = w[:, o]  # [B, n, c] weights in each column's sort order
+        ties = tied[sl].any()
+        rs = _sorted_midranks(ws, first[:, sl] if ties else None, last[:, sl] if ties else None)
+        wr = ws * rs
+        ss = (wr * rs).sum(1) - n_tot * ((n_tot + 1.0) / 2.0) ** 2  # weighted SS of the score's midranks
+        with np.errstate(invalid="ignore", divide="ignore"):
             for k, (rb, ssb) in enumerate(centred):
                 out[k, :, sl] = (wr * rb[:, o]).sum(1) / np.sqrt(ssb[:, None] * ss)
+
+    thread_map(chunk, range(0, scores.shape[1], step))
     rho = np.clip(out[0], -1.0, 1.0)
     if covariate is None:
         return rho

@@ -52,6 +52,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from fer_diag import stats
 from fer_diag.analyzers.baselines import BaselineResult
@@ -329,13 +330,15 @@ def verdict(
     config: VerdictConfig | None = None,
     probes: ProbeSection | None = None,
     fer: FERSection | None = None,
+    n_jobs: int | None = None,
 ) -> VerdictSection:
     """The verdict on every sparsity score × hook × shifted set and graded axis (module docstring).
 
     ``fidelity`` is the SAE-fidelity result (``SAEFidelityAnalyzer.compute()``),
     ``control`` the random-init copy's sparsity result, ``probes`` the probe
     section, ``fer`` the FER section; any may be absent (the flags that need them
-    are then not raised).
+    are then not raised). ``n_jobs``: processes for the cross-validated
+    perplexity gains (joblib's convention: None one, -1 every core).
     """
     cfg = config or VerdictConfig()
     ix = _Index(familiarity)
@@ -368,7 +371,7 @@ def verdict(
                 )
             )
     _direction_flags(rows)
-    _perplexity_flags(rows, ix, sparsity, baselines, ref, cfg)
+    _perplexity_flags(rows, sparsity, baselines, ref, cfg, n_jobs)
     for row in rows:
         _settle(row)
     return VerdictSection(
@@ -458,7 +461,7 @@ def _direction_flags(rows: list[VerdictRow]) -> None:
             r.flags.append(flag)
 
 
-def _perplexity_flags(rows, ix: _Index, sparsity, baselines: BaselineResult | None, ref: str, cfg) -> None:
+def _perplexity_flags(rows, sparsity, baselines: BaselineResult | None, ref: str, cfg, n_jobs: int | None) -> None:
     """``no_better_than_perplexity`` where it decides between TRUSTED and CAUTION (module docstring)."""
     pending: dict[tuple[str, str], list[VerdictRow]] = {}
     for row in rows:
@@ -479,46 +482,56 @@ def _perplexity_flags(rows, ix: _Index, sparsity, baselines: BaselineResult | No
         pending.setdefault((row.basis, row.hook), []).append(row)
     if baselines is None or ref not in baselines.tables:
         return
-    for (basis, hook), group in pending.items():
-        for target in dict.fromkeys(r.target for r in group):
-            members = [r for r in group if r.target == target]
-            gains = _cv_gains(sparsity, baselines, basis, hook, ref, target, members, cfg)
-            for r, g in zip(members, gains, strict=True):
-                if g is None or g["gain_ci_low"] > 0:
-                    continue
-                r.flags.append(
-                    Flag(
-                        name="no_better_than_perplexity",
-                        blocking=False,
-                        evidence={"auroc": r.value, "auroc_nll": r.nll_value}
-                        | {k: _r(v) for k, v in g.items() if k != "auroc_nll"},
-                        threshold={"gain_ci_low": 0.0},
-                        message=f"adding it to the NLL baseline gains {g['gain']:+.3f} AUROC "
-                        f"(CI {g['gain_ci_low']:+.3f} … {g['gain_ci_high']:+.3f}): nothing beyond perplexity",
-                    )
+    groups = [
+        [r for r in group if r.target == target]
+        for group in pending.values()
+        for target in dict.fromkeys(r.target for r in group)
+    ]
+    inputs = [_gain_inputs(sparsity, baselines, ref, members, cfg) for members in groups]
+    jobs = (delayed(stats.cv_auroc_gain)(*x, cfg.cv_splits, cfg.seed, cfg.n_boot) for x in inputs if x is not None)
+    fitted = iter(Parallel(n_jobs=n_jobs)(jobs))  # in the order of the groups that have inputs
+    for members, x in zip(groups, inputs, strict=True):
+        if x is None:
+            continue
+        out = next(fitted)
+        for i, r in enumerate(members):
+            g = {k: float(np.atleast_1d(v)[i]) for k, v in out.items()}
+            if g["gain_ci_low"] > 0:
+                continue
+            r.flags.append(
+                Flag(
+                    name="no_better_than_perplexity",
+                    blocking=False,
+                    evidence={"auroc": r.value, "auroc_nll": r.nll_value}
+                    | {k: _r(v) for k, v in g.items() if k != "auroc_nll"},
+                    threshold={"gain_ci_low": 0.0},
+                    message=f"adding it to the NLL baseline gains {g['gain']:+.3f} AUROC "
+                    f"(CI {g['gain_ci_low']:+.3f} … {g['gain_ci_high']:+.3f}): nothing beyond perplexity",
                 )
+            )
 
 
-def _cv_gains(sparsity, baselines, basis, hook, ref, target, members, cfg) -> list[dict | None]:
-    """Cross-validated AUROC gain of NLL + score over NLL, per member row (None where windows do not align)."""
+def _gain_inputs(sparsity, baselines, ref: str, members: list[VerdictRow], cfg) -> tuple | None:
+    """``(nll_ref, nll_target, scores_ref, scores_target)`` of :func:`fer_diag.stats.cv_auroc_gain` for rows of one
+    basis, hook and target (one score per row), or None where the windows do not align or are too few."""
+    basis, hook, target = members[0].basis, members[0].hook, members[0].target
     try:
         tables = [sparsity.table(basis, hook, name) for name in (ref, target)]
         base = [baselines.tables[name] for name in (ref, target)]
     except KeyError:
-        return [None] * len(members)
+        return None
     cols = []
     for ti, bi in zip(tables, base, strict=True):
         _common, ia, ib = np.intersect1d(ti.seq_index, bi[0], return_indices=True)
         cols.append((ia, ib))
     nll = [b[2][ib, 0] for b, (_, ib) in zip(base, cols, strict=True)]
     if min(len(x) for x in nll) < cfg.cv_splits:
-        return [None] * len(members)
+        return None
     scores = [
         np.stack([t.score(r.metric, False, r.reduce)[ia] for r in members])
         for t, (ia, _) in zip(tables, cols, strict=True)
     ]
-    out = stats.cv_auroc_gain(nll[0], nll[1], scores[0], scores[1], cfg.cv_splits, cfg.seed, cfg.n_boot)
-    return [{k: float(np.atleast_1d(v)[i]) for k, v in out.items()} for i in range(len(members))]
+    return nll[0], nll[1], scores[0], scores[1]
 
 
 def _settle(row: VerdictRow) -> None:

@@ -18,9 +18,11 @@ NEURONS = "blocks.0.mlp.hook_post"
 D, T, N = 32, 24, 48
 
 
-def _batch(name: str, kind: SetKind, acts: torch.Tensor, mask: torch.Tensor, hook: str, seed: int) -> ActivationBatch:
+def _batch(
+    name: str, kind: SetKind, acts: torch.Tensor, mask: torch.Tensor, hook: str, seed: int, nll_shift: float = 0.0
+) -> ActivationBatch:
     g = torch.Generator().manual_seed(seed)
-    readout = torch.rand(acts.shape[:2], generator=g) + 2.0  # uninformative NLL-like readouts
+    readout = torch.rand(acts.shape[:2], generator=g) + 2.0 + nll_shift  # NLL-like readouts (uninformative at 0)
     return ActivationBatch(
         set_name=name,
         kind=kind,
@@ -41,7 +43,9 @@ def _full_mask(n: int = N, t: int = T) -> torch.Tensor:
     return mask
 
 
-def _verdict(id_acts, ood_acts, hook=RESID, id_mask=None, ood_mask=None, massive=None, fidelity=None, basis="raw"):
+def _verdict(
+    id_acts, ood_acts, hook=RESID, id_mask=None, ood_mask=None, massive=None, fidelity=None, basis="raw", **kw
+):
     sp = SparsityAnalyzer(massive_dims=massive)
     base = BaselineAnalyzer()
     rotations = [RotatedBasis(s) for s in range(2)]
@@ -49,7 +53,7 @@ def _verdict(id_acts, ood_acts, hook=RESID, id_mask=None, ood_mask=None, massive
         ("id", SetKind.IN_DISTRIBUTION, id_acts, id_mask if id_mask is not None else _full_mask(len(id_acts)), 1),
         ("ood", SetKind.SHIFTED, ood_acts, ood_mask if ood_mask is not None else _full_mask(len(ood_acts)), 2),
     ):
-        b = _batch(name, kind, acts, mask, hook, seed)
+        b = _batch(name, kind, acts, mask, hook, seed, kw.get("ood_nll_shift", 0.0) if name == "ood" else 0.0)
         if basis != "raw":
             b = b.with_acts(b.acts, basis)
         sp.update(b)
@@ -59,7 +63,7 @@ def _verdict(id_acts, ood_acts, hook=RESID, id_mask=None, ood_mask=None, massive
                 sp.update(rot.read(b))
     s, bl = sp.compute(), base.compute()
     fam = familiarity(s, bl, n_boot=200)
-    return verdict(fam, s, bl, fidelity, None, VerdictConfig(n_boot=200))
+    return verdict(fam, s, bl, fidelity, None, VerdictConfig(n_boot=200), n_jobs=kw.get("n_jobs"))
 
 
 def _row(v, metric, reduce="mean", target="ood", basis="raw"):
@@ -80,6 +84,17 @@ def test_clean_planted_signal_is_trusted():
     assert row.signal and row.direction == "sparser_is_ood"
     assert row.status == "TRUSTED", [f.message for f in row.flags]
     assert row.basis_note is None  # the residual stream: the basis test applied, and passed
+
+
+def test_signal_the_nll_already_has_is_no_better_than_perplexity_in_parallel_too():
+    basis = torch.linalg.qr(torch.randn(D, 3, generator=torch.Generator().manual_seed(9)))[0]
+    ood = (_gauss(N, 2, d=3) @ basis.T) * 3 + 0.05 * _gauss(N, 3)
+    serial = _verdict(_gauss(N, 1), ood, ood_nll_shift=1.0)  # the NLL separates the sets perfectly
+    row = _row(serial, "participation_ratio", "window")
+    assert row.status == "CAUTION" and [f.name for f in row.flags] == ["no_better_than_perplexity"]
+    assert row.flags[0].evidence["gain_ci_low"] <= 0 < row.value
+    parallel = _verdict(_gauss(N, 1), ood, ood_nll_shift=1.0, n_jobs=2)
+    assert [r.model_dump() for r in parallel.rows] == [r.model_dump() for r in serial.rows]
 
 
 def test_signal_in_one_coordinate_is_basis_dependent():

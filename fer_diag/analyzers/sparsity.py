@@ -42,9 +42,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache, partial
+from functools import partial
 
 import numpy as np
 import torch
@@ -52,6 +51,7 @@ import torch
 from fer_diag.analyzers.base import Analyzer, Reading
 from fer_diag.analyzers.persequence import SequenceSample, SetInfo, record_set
 from fer_diag.capture import ActivationBatch
+from fer_diag.threads import thread_map
 
 TOP_P = (1, 5, 10)
 TOKEN_METRICS = (
@@ -591,7 +591,7 @@ class SparsityAnalyzer(Analyzer):
                 self.layout[key] = _Layout.new(batch.is_latent, masked, window=not batch.basis.startswith("raw@"))
                 self.samples[key] = SequenceSample(len(self.layout[key].columns), self.max_seqs_per_set)
         # each hook's key is its own: hooks run in threads (numpy's sort and reductions release the GIL)
-        list(_pool().map(partial(self._update_hook, batch, mask), hooks))
+        thread_map(partial(self._update_hook, batch, mask), hooks)
 
     def _update_hook(self, batch: ActivationBatch, mask: torch.Tensor, hook: str) -> None:
         n_tok = mask.sum(1)
@@ -673,12 +673,6 @@ class SparsityAnalyzer(Analyzer):
             for stats in metrics.values():
                 stats["masked"] = stats["unmasked"]
         return Profile(n_tokens, n_seqs, list(layout.masked_dims), not layout.masked_dims, metrics)
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the per-hook work of :meth:`SparsityAnalyzer.update`, one per torch thread."""
-    return ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="sparsity")
 
 
 def _add(state: dict, key, value) -> None:
