@@ -4,7 +4,8 @@ An analyzer holds its parameters from ``__init__`` (scikit-learn style: one
 attribute per parameter, same name) and declares its accumulated state with
 :meth:`Analyzer.add_state` — a name, a default and a *reduction*:
 
-* ``"sum"``   numbers, numpy arrays, tensors, ``Counter`` s: ``a + b``;
+* ``"sum"``   numbers, numpy arrays, tensors, other objects with ``+``
+  (such as :class:`~fer_diag.analyzers.massive.TokenTally`): ``a + b``;
 * ``"max"``   elementwise maximum;
 * ``"union"`` values that must agree wherever both shards saw them (e.g. what a
   text set is); a disagreement is an error;
@@ -30,7 +31,6 @@ from __future__ import annotations
 import copy
 import inspect
 from abc import ABC, abstractmethod
-from collections import Counter
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self
 
@@ -57,7 +57,7 @@ def reduce_states(a: Any, b: Any, how: Reduce) -> Any:
         return copy.deepcopy(b)
     if b is None:
         return a
-    if isinstance(a, dict) and not isinstance(a, Counter):
+    if isinstance(a, dict):
         out = dict(a)
         for key, value in b.items():
             out[key] = reduce_states(a[key], value, how) if key in a else copy.deepcopy(value)

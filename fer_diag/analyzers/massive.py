@@ -33,7 +33,6 @@ the model, so it lives outside the analyzers).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -223,8 +222,53 @@ def calibrate_massive_dims(batch: ActivationBatch, abs_threshold: float, ratio: 
 
 
 # --------------------------------------------------------------------------- analyzer
-def _by_count(item: tuple[int, int]) -> tuple[int, int]:
-    return -item[1], item[0]  # most hits first, then token id: independent of arrival order
+@dataclass(frozen=True)
+class TokenTally:
+    """Counts per int64 id: sorted unique ``ids`` and their ``counts`` (int64); ``+`` sums two exactly."""
+
+    ids: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> TokenTally:
+        """How often each id occurs in ``ids``."""
+        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
+        return cls(unique, counts.astype(np.int64))
+
+    @classmethod
+    def summed(cls, ids: np.ndarray, counts: np.ndarray) -> TokenTally:
+        """``counts`` summed per id (``ids`` in any order, repeats allowed)."""
+        order = np.argsort(ids, kind="stable")
+        ids, counts = ids[order], counts[order]
+        starts = np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1))  # first of each run of equal ids
+        return cls(ids[starts], np.add.reduceat(counts, starts))
+
+    def __add__(self, other: TokenTally) -> TokenTally:
+        big, small = (self, other) if len(self.ids) >= len(other.ids) else (other, self)
+        at = np.searchsorted(big.ids, small.ids)  # the small one goes into the big one: no sort of the big one
+        seen = big.ids[np.minimum(at, len(big.ids) - 1)] == small.ids
+        counts = big.counts.copy()
+        counts[at[seen]] += small.counts[seen]
+        new = ~seen
+        return TokenTally(np.insert(big.ids, at[new], small.ids[new]), np.insert(counts, at[new], small.counts[new]))
+
+    def top(self, n: int) -> list[tuple[int, int]]:
+        """The ``n`` most frequent ``(id, count)``, ties by id: independent of arrival order."""
+        order = np.lexsort((self.ids, -self.counts))[:n]
+        return list(zip(self.ids[order].tolist(), self.counts[order].tolist(), strict=True))
+
+
+#: a candidate's code packs (dim, bin of |h|, token id) into one int64, token id in the low TOKEN_BITS
+TOKEN_BITS = 24
+_BIN_BITS = (N_BINS - 1).bit_length()
+_DIM_SHIFT = TOKEN_BITS + _BIN_BITS  # dims get the remaining 26 bits
+
+
+def _pack(dims: np.ndarray, bins: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Codes of candidates, ordered as the ``(dim, bin, token)`` tuples."""
+    if tokens.min() < 0 or tokens.max() >> TOKEN_BITS:
+        raise ValueError(f"token ids must lie in [0, 2**{TOKEN_BITS})")
+    return dims.astype(np.int64) << _DIM_SHIFT | bins.astype(np.int64) << TOKEN_BITS | tokens.astype(np.int64)
 
 
 class MassiveAnalyzer(Analyzer):
@@ -236,7 +280,7 @@ class MassiveAnalyzer(Analyzer):
     abs_threshold, ratio: the Sun et al. criterion (|h| > 100 and ≥ 1000 × median |h|).
     top_tokens: token ids listed per dim.
 
-    Memory: an ``N_BINS`` histogram per hook, and counters per (hook, dim, bin,
+    Memory: an ``N_BINS`` histogram per hook, and counts per (hook, dim, bin,
     token id) of the candidates above ``abs_threshold`` — bounded by the
     vocabulary and the bins, not by the corpus.
     """
@@ -262,7 +306,7 @@ class MassiveAnalyzer(Analyzer):
         self.add_state("hit_n", {}, "sum")
         self.add_state("hit_first", {}, "sum")  # … at position 0
         self.add_state("hit_max", {}, "max")  # … largest |h|
-        self.add_state("hit_tokens", {}, "sum")  # … Counter of token ids
+        self.add_state("hit_tokens", {}, "sum")  # hook → TokenTally of the candidates' (dim, bin, token) codes
         # per (window, dim) the candidate of largest |h|, keyed (hook, dim, bin of that |h|)
         self.add_state("seq_n", {}, "sum")
         self.add_state("seq_sum", {}, "sum")
@@ -309,13 +353,13 @@ class MassiveAnalyzer(Analyzer):
         n_hits, n_first = np.bincount(inv), np.bincount(inv, weights=p == 0)
         largest = np.zeros(len(groups))
         np.maximum.at(largest, inv, np.abs(vals))
-        by_group = np.split(tok[np.argsort(inv, kind="stable")], np.cumsum(n_hits)[:-1])  # tokens of each group
         for g, (dim, b) in enumerate(groups.tolist()):
             key = (hook, dim, b)
             self.hit_n[key] = self.hit_n.get(key, 0) + int(n_hits[g])
             self.hit_first[key] = self.hit_first.get(key, 0) + int(n_first[g])
             self.hit_max[key] = max(self.hit_max.get(key, 0.0), float(largest[g]))
-            self.hit_tokens.setdefault(key, Counter()).update(by_group[g].tolist())
+        tally = TokenTally.of(_pack(d, bins, tok))
+        self.hit_tokens[hook] = self.hit_tokens[hook] + tally if hook in self.hit_tokens else tally
         # per (window, dim): the candidate of largest |h| (ties: first position), summed per (dim, bin)
         order = np.lexsort((p, -np.abs(vals), d, r))
         _, first = np.unique(r[order].astype(np.int64) * width + d[order], return_index=True)
@@ -359,6 +403,7 @@ class MassiveAnalyzer(Analyzer):
         for key in filter(kept, self.hit_n):
             per_dim.setdefault(key[1], []).append(key)
         n_seqs = self.n_seqs[hook]
+        tops = self._top_tokens(hook, threshold) if per_dim else {}
         dims = []
         for dim, keys in per_dim.items():
             seq_keys = [k for k in keys if k in self.seq_n]
@@ -368,7 +413,6 @@ class MassiveAnalyzer(Analyzer):
             var = max(sum(self.seq_sumsq[k] for k in seq_keys) / n - mean * mean, 0.0) if n else 0.0
             n_hits = sum(self.hit_n[k] for k in keys)
             first = sum(self.hit_first[k] for k in keys)
-            tokens = sum((self.hit_tokens[k] for k in keys), Counter())
             dims.append(
                 MassiveDim(
                     dim=dim,
@@ -380,7 +424,7 @@ class MassiveAnalyzer(Analyzer):
                     max_abs=max(self.hit_max[k] for k in keys),
                     value_mean=mean,
                     value_cv=float(np.sqrt(var) / abs(mean)) if mean else None,
-                    top_tokens=sorted(((int(t), int(c)) for t, c in tokens.items()), key=_by_count)[: self.top_tokens],
+                    top_tokens=tops[dim],
                 )
             )
         dims.sort(key=lambda m: (-m.n_hits, m.dim))
@@ -399,3 +443,15 @@ class MassiveAnalyzer(Analyzer):
             energy_share_max=max(self.share_max[k] for k in tok_keys) if n_tok else None,
             dims=dims,
         )
+
+    def _top_tokens(self, hook: str, threshold: float) -> dict[int, list[tuple[int, int]]]:
+        """``dim → top_tokens`` of a hook's candidates in the bins whose centre clears ``threshold``."""
+        codes = self.hit_tokens[hook]
+        kept = bin_centre((codes.ids >> TOKEN_BITS) & (N_BINS - 1)) >= threshold
+        ids, counts = codes.ids[kept], codes.counts[kept]
+        dims, tokens = ids >> _DIM_SHIFT, ids & ((1 << TOKEN_BITS) - 1)
+        tops = {}
+        for dim in np.unique(dims).tolist():
+            lo, hi = np.searchsorted(dims, [dim, dim + 1])  # codes sort by dim first
+            tops[dim] = TokenTally.summed(tokens[lo:hi], counts[lo:hi]).top(self.top_tokens)
+        return tops
