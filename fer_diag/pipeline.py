@@ -32,6 +32,9 @@ from fer_diag.basis import RotatedBasis, SAEBasis
 from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import TextSet, Windows
 
+#: the layout of the analyzers' saved states; bump it when one changes, so older checkpoints are not resumed
+STATE_FORMAT = 2
+
 
 def progress_bar(enabled: bool = True) -> Progress | nullcontext:
     """The rich progress bar used by every long step (a no-op context when disabled)."""
@@ -62,7 +65,11 @@ class Checkpoint:
         if not (self.resume and self.path.exists()):
             return set()
         state = torch.load(self.path, weights_only=False)
-        if state.get("fingerprint") != self.fingerprint or set(state["analyzers"]) != set(analyzers):
+        if (
+            state.get("format") != STATE_FORMAT
+            or state.get("fingerprint") != self.fingerprint
+            or set(state["analyzers"]) != set(analyzers)
+        ):
             return set()  # different settings: start over (the old checkpoint is overwritten)
         for name, analyzer_state in state["analyzers"].items():
             analyzers[name].load_state_dict(analyzer_state)
@@ -72,7 +79,9 @@ class Checkpoint:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         states = {name: a.state_dict() for name, a in analyzers.items()}
-        torch.save({"fingerprint": self.fingerprint, "done": sorted(done), "analyzers": states}, tmp)
+        torch.save(
+            {"format": STATE_FORMAT, "fingerprint": self.fingerprint, "done": sorted(done), "analyzers": states}, tmp
+        )
         tmp.replace(self.path)  # atomic: a crash mid-write never leaves a broken checkpoint
 
     def clear(self) -> None:

@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 from sae_factory import make_sae
 
 from fer_diag.audit import Audit, AuditConfig, default_hooks
@@ -273,3 +274,15 @@ def test_audit_probes_user_concepts_and_scores_fer_on_the_sae(tiny_hooked, tmp_p
     console = Console(record=True, width=200)
     print_summary(report, console)
     assert "concepts: linear probe accuracy" in console.export_text()
+
+
+def test_checkpoint_of_another_state_format_is_not_resumed(tmp_path):
+    from fer_diag.analyzers.baselines import BaselineAnalyzer
+    from fer_diag.pipeline import STATE_FORMAT, Checkpoint
+
+    ckpt = Checkpoint(tmp_path / "state.pt", "abc")
+    ckpt.save({"baselines": BaselineAnalyzer()}, ["id"])
+    assert ckpt.load({"baselines": BaselineAnalyzer()}) == {"id"}
+    state = torch.load(ckpt.path, weights_only=False)
+    torch.save(state | {"format": STATE_FORMAT - 1}, ckpt.path)  # written by an older fer-diag
+    assert ckpt.load({"baselines": BaselineAnalyzer()}) == set()
