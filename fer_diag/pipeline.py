@@ -170,7 +170,8 @@ class Pipeline:
             latents.ce = self._ce(batch)
             views[Reading.SAE] = [latents]
         for analyzer in self.analyzers.values():
-            seen = {id(v): v for reading in analyzer.reads for v in views.get(reading, ())}  # RAW and READOUTS: once
+            readings = [r for r in Reading if r in analyzer.reads]  # a fixed order: reports list keys in it
+            seen = {id(v): v for reading in readings for v in views.get(reading, ())}  # RAW and READOUTS: once
             for view in seen.values():
                 analyzer.update(view)
 
