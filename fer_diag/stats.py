@@ -362,7 +362,8 @@ def _rank_corrs(level: np.ndarray, scores: np.ndarray, covariate: np.ndarray | N
     order, first, last = _tie_bounds(scores)
     tied = (first != last).any(0)
     out = np.empty((len(bases), w.shape[0], scores.shape[1]))
-    step = max(1, (_CHUNK_ELEMENTS // 2) // w.size)
+    # columns per chunk: bounded by memory, and at most an equal share of the threads
+    step = max(1, min((_CHUNK_ELEMENTS // 2) // w.size, -(-scores.shape[1] // torch.get_num_threads())))
 
     def chunk(c: int) -> None:  # columns c … c + step, in threads (disjoint slices of out)
         sl = slice(c, c + step)
