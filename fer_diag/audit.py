@@ -55,7 +55,7 @@ class AuditConfig(BaseModel):
         None, description="TL hook names / wildcards; default: resid_post of every 3rd layer, the last, and SAE hooks"
     )
     seq_len: int = Field(128, ge=4, description="tokens per window, BOS included")
-    max_seqs: int = Field(40, ge=2, description="windows per text set")
+    max_seqs: int = Field(32, ge=2, description="windows per text set")
     min_tokens: int = Field(8, ge=1, description="windows with fewer counted tokens are dropped")
     batch_size: int = Field(16, ge=1, description="windows per forward pass")
     seed: int = 0

@@ -158,7 +158,7 @@ def audit(
         int, typer.Option(help="processes for the probe and FER fits (joblib: -1 every core, 1 one process)")
     ] = -1,
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("fer-diag-report"),
-    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 40,
+    max_seqs: Annotated[int, typer.Option(help="windows per text set")] = 32,
     seq_len: Annotated[int, typer.Option(help="tokens per window (BOS included)")] = 128,
     min_tokens: Annotated[int, typer.Option(help="windows with fewer counted tokens are dropped")] = 8,
     batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 16,
