@@ -402,6 +402,7 @@ class Audit:
         suite = self._build_suite(loaded)
         windows = self._windows(loaded, suite)
         concepts = self._concepts(loaded)
+        checkpoint = self._checkpoint(self._fingerprint(loaded, hooks, windows, saes))
         self.seconds["setup"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()  # streaming: every batch through capture and the analyzers, the first one included
@@ -419,7 +420,7 @@ class Audit:
             ],
             ce_windows=c.ce_windows,
             ce_sets=None if c.ce_graded else {t.name for t in suite if t.kind is not SetKind.GRADED},
-            checkpoint=self._checkpoint(self._fingerprint(loaded, hooks, windows, saes)),
+            checkpoint=checkpoint,
             progress=self.progress,
             seconds=self.seconds,
         )
