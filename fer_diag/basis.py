@@ -14,6 +14,7 @@ and returns float32 on CPU, like :mod:`fer_diag.capture`.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -132,7 +133,8 @@ class SAEBasis:
     def __init__(self, saes: dict[str, SAE], name: str = "sae") -> None:
         self.saes = saes
         self.name = name
-        self._ablated_logp: dict[tuple, torch.Tensor] = {}  # see _ablated_nll
+        # model → (hook, length, first token) → ablated log-probs (see _ablated_nll); gone with the model
+        self._ablated_logp: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     @property
     def hooks(self) -> list[str]:
@@ -225,12 +227,13 @@ class SAEBasis:
         )
         if not shared:
             return _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), acts), tokens, count)
-        key = (id(model), hook, tokens.shape[1], int(tokens[0, 0]))
-        if key not in self._ablated_logp:
+        cached = self._ablated_logp.setdefault(model, {})
+        key = (hook, tokens.shape[1], int(tokens[0, 0]))
+        if key not in cached:
             first = None if acts is None else acts[:1]
             logits = _logits_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
-            self._ablated_logp[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
-        logp = self._ablated_logp[key]
+            cached[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
+        logp = cached[key]
         nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:]]  # [b, t − 1]
         return torch.where(count, nll.double(), 0.0).sum(1).cpu()
 

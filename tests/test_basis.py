@@ -156,11 +156,11 @@ def test_ce_ablation_is_shared_across_windows_with_the_same_first_token(fixture,
         for hook in (HOOK0, HOOK1):
             got = torch.tensor([s.ablated for s in per_window[hook]], dtype=torch.float64)
             torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
-        assert len(basis._ablated_logp) == 2  # one per hook, shared by both batches
+        assert len(basis._ablated_logp[model]) == 2  # one per hook, shared by both batches
     # windows whose first tokens differ run the ablated pass themselves, with the same answer
     w = windows(3, 9, model.cfg.d_vocab, seed=6)
     w.tokens[:, 0] = torch.tensor([3, 4, 5])
     mixed = basis.ce_sums(model, w.tokens, w.mask)
     got = torch.tensor([s.ablated for s in mixed[HOOK0]], dtype=torch.float64)
     torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, HOOK0), rtol=1e-5, atol=1e-6)
-    assert len(basis._ablated_logp) == 2
+    assert len(basis._ablated_logp[model]) == 2
