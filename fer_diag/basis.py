@@ -27,6 +27,7 @@ from fer_diag.capture import ActivationBatch, hook_layer
 
 _RESID_POST = ".hook_resid_post"
 _RESID_HOOK = re.compile(r"\.hook_resid_(pre|mid|post)$")
+_ABLATED_CACHE = 16  # shared ablated log-probs kept per model (SAEBasis._ablated_nll)
 
 
 class RawBasis:
@@ -167,7 +168,7 @@ class SAEBasis:
     ) -> dict[str, list[CESums]]:
         """CE-loss sums per hook and window of one batch ``tokens`` ``[b, t]`` with counted positions ``mask``.
 
-        Two forward passes per hook (reconstruction spliced in, hook
+        Up to two forward passes per hook (reconstruction spliced in, hook
         zero-ablated), plus a clean one unless ``clean_nll`` — the clean run's
         per-token NLL as :func:`fer_diag.capture.token_readouts` gives it — is
         passed. With ``acts`` (the clean hook activations of these windows, as
@@ -209,33 +210,41 @@ class SAEBasis:
     ) -> torch.Tensor:
         """Per-window summed NLL with the hook zero-ablated at the counted positions.
 
-        When the hook is the residual stream and every position but 0 is ablated,
-        what follows the hook sees at position p only the vector at position 0
-        (a function of the first token alone, by causality) and zeros: its logits
-        depend on (p, first token) and not on the window. They are then computed
-        once, from one window, and kept for every later batch with the same first
-        token and length. Not where position 0 differs between windows, positions
-        are left out (padding), or the model masks pad tokens it finds in the input
-        (left padding): those windows run the ablated pass themselves.
+        On a HookedTransformer, zeroing a residual-stream hook (``hook_resid_pre`` /
+        ``mid`` / ``post``, the whole stream there) at every position but 0 leaves
+        what follows only the vector at position 0 (a function of the first token,
+        by causality) and zeros: the logits depend on (position, first token), not
+        on the window. They are then computed once, from one window, and kept for
+        later batches with the same first token and length (at most
+        ``_ABLATED_CACHE`` entries per model). Every other case runs the ablated
+        pass itself: position 0 ablated too or differing between windows, positions
+        left out (padding), a model that masks pad tokens it finds in the input
+        (left padding), and TransformerBridge, whose hook aliases may name only
+        part of the stream (``hook_resid_mid`` is the MLP's input there).
         """
         count = mask[:, 1:]
         shared = (
-            _RESID_HOOK.search(hook) is not None
+            isinstance(model, HookedTransformer)
+            and _RESID_HOOK.search(hook) is not None
             and bool(count.all())
+            and not bool(mask[:, 0].any())
             and bool((tokens[:, 0] == tokens[0, 0]).all())
-            and getattr(getattr(model, "tokenizer", None), "padding_side", "right") != "left"
+            and getattr(model.tokenizer, "padding_side", "right") != "left"
         )
         if not shared:
             return _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), acts), tokens, count)
+        weight = next(model.parameters())
         cached = self._ablated_logp.setdefault(model, {})
-        key = (hook, tokens.shape[1], int(tokens[0, 0]))
+        key = (hook, tokens.shape[1], int(tokens[0, 0]), weight.device, weight.dtype)
         if key not in cached:
+            if len(cached) >= _ABLATED_CACHE:
+                del cached[next(iter(cached))]  # the oldest
             first = None if acts is None else acts[:1]
             logits = _logits_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
             cached[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
         logp = cached[key]
-        nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:]]  # [b, t − 1]
-        return torch.where(count, nll.double(), 0.0).sum(1).cpu()
+        nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:].to(logp.device)]  # [b, t − 1]
+        return torch.where(count.to(logp.device), nll.double(), 0.0).sum(1).cpu()
 
 
 def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None) -> torch.Tensor:

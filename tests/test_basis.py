@@ -144,23 +144,41 @@ def _ablated_reference(model, tokens: torch.Tensor, mask: torch.Tensor, hook: st
     return torch.where(mask[:, 1:], nll.double(), 0.0).sum(1)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_hooked", "tiny_bridge"])
-def test_ce_ablation_is_shared_across_windows_with_the_same_first_token(fixture, request):
-    model = request.getfixturevalue(fixture).model
-    d = model.cfg.d_model
-    basis = SAEBasis({HOOK0: zero_sae(d, HOOK0), HOOK1: exact_sae(d, HOOK1)})
+@pytest.mark.parametrize("point", ["hook_resid_pre", "hook_resid_mid", "hook_resid_post"])
+@pytest.mark.parametrize("with_acts", [False, True])
+def test_ce_ablation_is_shared_across_windows_with_the_same_first_token(tiny_hooked, point, with_acts):
+    model = tiny_hooked.model
+    hook = f"blocks.1.{point}"
+    basis = SAEBasis({hook: zero_sae(model.cfg.d_model, hook)})
     for seed in (4, 5):  # the second batch reuses the first one's ablated pass
         w = windows(4, 9, model.cfg.d_vocab, seed=seed)
         w.tokens[:, 0] = 3  # one BOS-like first token
-        per_window = basis.ce_sums(model, w.tokens, w.mask)
-        for hook in (HOOK0, HOOK1):
-            got = torch.tensor([s.ablated for s in per_window[hook]], dtype=torch.float64)
-            torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
-        assert len(basis._ablated_logp[model]) == 2  # one per hook, shared by both batches
-    # windows whose first tokens differ run the ablated pass themselves, with the same answer
-    w = windows(3, 9, model.cfg.d_vocab, seed=6)
-    w.tokens[:, 0] = torch.tensor([3, 4, 5])
-    mixed = basis.ce_sums(model, w.tokens, w.mask)
-    got = torch.tensor([s.ablated for s in mixed[HOOK0]], dtype=torch.float64)
-    torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, HOOK0), rtol=1e-5, atol=1e-6)
-    assert len(basis._ablated_logp[model]) == 2
+        acts = None
+        if with_acts:  # the captured activations: resid_post resumes after the hook instead of re-running
+            _, cache = model.run_with_cache(w.tokens, names_filter=[hook])
+            acts = {hook: cache[hook]}
+        per_window = basis.ce_sums(model, w.tokens, w.mask, acts=acts)
+        got = torch.tensor([s.ablated for s in per_window[hook]], dtype=torch.float64)
+        torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
+        assert len(basis._ablated_logp[model]) == 1  # shared by both batches
+    # differing first tokens, or position 0 ablated too: each batch runs the ablated pass itself, same answer
+    for first, zero_first in (([3, 4, 5], False), ([3, 3, 3], True)):
+        w = windows(3, 9, model.cfg.d_vocab, seed=6)
+        w.tokens[:, 0] = torch.tensor(first)
+        w.mask[:, 0] = zero_first
+        got = torch.tensor([s.ablated for s in basis.ce_sums(model, w.tokens, w.mask)[hook]], dtype=torch.float64)
+        torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
+    assert len(basis._ablated_logp[model]) == 1
+
+
+@pytest.mark.parametrize("point", ["hook_resid_mid", "hook_resid_post"])
+def test_ce_ablation_on_a_bridge_runs_every_pass(tiny_bridge, point):
+    """A bridge's resid_mid alias is the MLP's input, not the stream: nothing is shared there, every answer full."""
+    model = tiny_bridge.model
+    hook = f"blocks.1.{point}"
+    basis = SAEBasis({hook: zero_sae(model.cfg.d_model, hook)})
+    w = windows(4, 9, model.cfg.d_vocab, seed=4)
+    w.tokens[:, 0] = 3
+    got = torch.tensor([s.ablated for s in basis.ce_sums(model, w.tokens, w.mask)[hook]], dtype=torch.float64)
+    torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
+    assert model not in basis._ablated_logp

@@ -583,7 +583,7 @@ class SparsityAnalyzer(Analyzer):
     def update(self, batch: ActivationBatch) -> None:
         record_set(self.sets, batch)
         mask = batch.mask.bool()
-        hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
+        hooks = batch.hooks if self.hooks is None else list(dict.fromkeys(h for h in self.hooks if h in batch.acts))
         for key in ((batch.basis, h, batch.set_name) for h in hooks):  # declared here: the threads only fill them
             if key not in self.layout:
                 masked = self.massive_dims.get(key[1], []) if batch.basis == "raw" else []

@@ -1,0 +1,24 @@
+"""The shared threads of numpy-heavy loops."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fer_diag.threads import thread_map
+
+
+def test_thread_map_keeps_order_and_reraises():
+    assert thread_map(lambda x: x * x, range(10)) == [x * x for x in range(10)]
+    with pytest.raises(ZeroDivisionError):
+        thread_map(lambda x: 1 / x, [1, 0, 2])
+
+
+def test_nested_thread_map_runs_in_the_caller():
+    def outer(i: int) -> list[tuple[int, str]]:  # would deadlock if the inner items queued behind the outer ones
+        return thread_map(lambda j: (i * 10 + j, threading.current_thread().name), range(3))
+
+    out = thread_map(outer, range(4))
+    assert [[v for v, _ in row] for row in out] == [[i * 10 + j for j in range(3)] for i in range(4)]
+    assert all(name.startswith("fer-diag") for row in out for _, name in row)
