@@ -226,3 +226,24 @@ def test_result_does_not_depend_on_how_windows_are_batched():
     assert results[0] == results[1] == results[2]
     assert massive_dims(MassiveAnalyzer().compute()) == {}
     assert [d["dim"] for d in results[0]["hooks"][hook]["dims"]] == [2]
+
+
+def test_token_tally_adds_and_ranks_like_a_counter():
+    from collections import Counter
+
+    from fer_diag.analyzers.massive import TokenTally
+
+    rng = np.random.default_rng(0)
+    empty = TokenTally.of(np.array([], dtype=np.int64))
+    for n_a, n_b in ((0, 0), (0, 5), (7, 0), (50, 30), (200, 200)):
+        a, b = rng.integers(0, 40, n_a), rng.integers(20, 60, n_b)  # overlapping and disjoint ids
+        got = TokenTally.of(a) + TokenTally.of(b)
+        want = Counter(a.tolist()) + Counter(b.tolist())
+        assert dict(zip(got.ids.tolist(), got.counts.tolist(), strict=True)) == dict(want)
+        assert list(got.ids) == sorted(want)  # kept sorted and unique
+        ranked = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        assert got.top(5) == ranked  # most frequent first, ties by id
+        assert (got + empty).top(100) == got.top(100)
+    ids = np.array([5, 1, 5, 3, 1, 5])
+    summed = TokenTally.summed(ids, np.array([1, 2, 3, 4, 5, 6]))
+    assert summed.ids.tolist() == [1, 3, 5] and summed.counts.tolist() == [7, 4, 10]
