@@ -487,13 +487,12 @@ def _perplexity_flags(rows, sparsity, baselines: BaselineResult | None, ref: str
         for group in pending.values()
         for target in dict.fromkeys(r.target for r in group)
     ]
-    inputs = [_gain_inputs(sparsity, baselines, ref, members, cfg) for members in groups]
-    jobs = (delayed(stats.cv_auroc_gain)(*x, cfg.cv_splits, cfg.seed, cfg.n_boot) for x in inputs if x is not None)
-    fitted = iter(Parallel(n_jobs=n_jobs)(jobs))  # in the order of the groups that have inputs
-    for members, x in zip(groups, inputs, strict=True):
-        if x is None:
-            continue
-        out = next(fitted)
+    inputs = ((members, _gain_inputs(sparsity, baselines, ref, members, cfg)) for members in groups)
+    ready = [(members, x) for members, x in inputs if x is not None]  # windows that align, enough of them
+    fitted = Parallel(n_jobs=n_jobs)(
+        delayed(stats.cv_auroc_gain)(*x, cfg.cv_splits, cfg.seed, cfg.n_boot) for _, x in ready
+    )
+    for (members, _), out in zip(ready, fitted, strict=True):
         for i, r in enumerate(members):
             g = {k: float(np.atleast_1d(v)[i]) for k, v in out.items()}
             if g["gain_ci_low"] > 0:
