@@ -459,7 +459,9 @@ def _analyse(
     concepts: Sequence[ConceptActivations], decoder: np.ndarray | None, cfg: FERConfig
 ) -> tuple[list[dict[str, Component]], list[_Selectivity], dict[str, nx.Graph]]:
     sel = [_selectivity(c.X, c.y, cfg) for c in concepts]
-    graphs = {level: _level_graph(concepts, sel, level, cfg) for level in dict.fromkeys(c.level for c in concepts)}
+    levels = dict.fromkeys(c.level for c in concepts)
+    owners = {level: _owners(sel, [a for a, c in enumerate(concepts) if c.level == level]) for level in levels}
+    graphs = {level: _level_graph(concepts, sel, owners[level], level, cfg) for level in levels}
     drops = _ablation_drops(concepts, [s.latents for s in sel], cfg)
     results = []
     for a, (c, s) in enumerate(zip(concepts, sel, strict=True)):
@@ -478,7 +480,9 @@ def _analyse(
                 "graph_fragmentation": graph_fragmentation(graph, s.per_class),
                 "mixed_selectivity": mixed_selectivity(s.latents, sel),
                 "cross_talk": cross_talk(drops, a, cfg),
-                "modularity_deficit": modularity_deficit(graph, _membership(sel, peers, a))
+                "modularity_deficit": modularity_deficit(
+                    graph, {int(j): 1 / len(owners[c.level][int(j)]) for j in s.latents}
+                )
                 if len(peers) > 1
                 else _none(
                     "modularity by concept needs other concepts read at the same level (token or sequence) at this hook"
@@ -488,17 +492,21 @@ def _analyse(
     return results, sel, graphs
 
 
-def _membership(sel: Sequence[_Selectivity], peers: Sequence[int], a: int) -> dict[int, float]:
-    """α_j of concept ``a`` among ``peers``: 1/(number of peers latent j is selective for), for a's latents."""
-    owners: dict[int, int] = {}
-    for b in peers:
-        for j in sel[b].latents:
-            owners[int(j)] = owners.get(int(j), 0) + 1
-    return {int(j): 1 / owners[int(j)] for j in sel[a].latents}
+def _owners(sel: Sequence[_Selectivity], members: Sequence[int]) -> dict[int, list[int]]:
+    """Latent → the concepts among ``members`` it is selective for (a latent's share α is 1/len of that)."""
+    owners: dict[int, list[int]] = {}
+    for a in members:
+        for j in sel[a].latents:
+            owners.setdefault(int(j), []).append(a)
+    return owners
 
 
 def _level_graph(
-    concepts: Sequence[ConceptActivations], sel: Sequence[_Selectivity], level: str, cfg: FERConfig
+    concepts: Sequence[ConceptActivations],
+    sel: Sequence[_Selectivity],
+    owners: dict[int, list[int]],
+    level: str,
+    cfg: FERConfig,
 ) -> nx.Graph:
     """The co-activation graph of the selective latents of the concepts read at ``level``, over their examples.
 
@@ -507,10 +515,6 @@ def _level_graph(
     would take co-occurrence in a window for co-activation (module docstring).
     """
     members = [a for a, c in enumerate(concepts) if c.level == level]
-    owners: dict[int, list[int]] = {}  # latent → the concepts of this level it is selective for
-    for a in members:
-        for j in sel[a].latents:
-            owners.setdefault(int(j), []).append(a)
     attributes = {}
     for j, mine in owners.items():
         best = max(mine, key=lambda a: sel[a].D[:, j].max())
