@@ -243,8 +243,8 @@ class SAEBasis:
             logits = _logits_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
             cached[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
         logp = cached[key]
-        nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:].to(logp.device)]  # [b, t − 1]
-        return torch.where(count.to(logp.device), nll.double(), 0.0).sum(1).cpu()
+        nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:]]  # [b, t − 1]
+        return torch.where(count, nll.double(), 0.0).sum(1).cpu()
 
 
 def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None) -> torch.Tensor:
