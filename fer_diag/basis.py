@@ -14,13 +14,14 @@ and returns float32 on CPU, like :mod:`fer_diag.capture`.
 from __future__ import annotations
 
 import re
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
-from sae_lens import SAE
+from sae_lens import SAE, GatedSAE, JumpReLUSAE, StandardSAE, TrainingSAE
 from transformer_lens import HookedTransformer
 
 from fer_diag.capture import ActivationBatch, hook_layer
@@ -28,6 +29,11 @@ from fer_diag.capture import ActivationBatch, hook_layer
 _RESID_POST = ".hook_resid_post"
 _RESID_HOOK = re.compile(r"\.hook_resid_(pre|mid|post)$")
 _ABLATED_CACHE = 16  # shared ablated log-probs kept per model (SAEBasis._ablated_nll)
+#: sae-lens decoders that start with ``feature_acts @ W_dec`` (then bias, hooks, output norm, reshape):
+#: they take a sparse matrix of latents as they are
+_LINEAR_DECODERS = frozenset(c.decode for c in (StandardSAE, JumpReLUSAE, GatedSAE, TrainingSAE))
+#: latents denser than this are decoded as a dense matrix (the sparse product is slower past ~7 % here)
+_SPARSE_DECODE = 0.05
 
 
 class RawBasis:
@@ -151,7 +157,7 @@ class SAEBasis:
     def decode(self, hook: str, latents: torch.Tensor) -> torch.Tensor:
         """Reconstruction of the hook's activations from ``latents`` (float32, CPU)."""
         sae = self.saes[hook]
-        return sae.decode(latents.to(sae.device, sae.dtype)).to("cpu", torch.float32)
+        return decode(sae, latents.to(sae.device, sae.dtype)).to("cpu", torch.float32)
 
     def read(self, batch: ActivationBatch) -> ActivationBatch:
         """The batch in this basis: latents for each hook of the batch that has an SAE (others are left out)."""
@@ -266,7 +272,22 @@ def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> tor
 def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
     """x̂ = decode(encode(x)); per-head hooks (``[b, t, heads, d_head]``) are read flattened, as capture reads them."""
     flat = acts.flatten(2) if acts.ndim == 4 else acts
-    return sae.decode(sae.encode(flat.to(sae.dtype))).to(acts.dtype).reshape(acts.shape)
+    return decode(sae, sae.encode(flat.to(sae.dtype))).to(acts.dtype).reshape(acts.shape)
+
+
+def decode(sae: SAE, latents: torch.Tensor) -> torch.Tensor:
+    """``sae.decode(latents)``; sparse CPU latents ``[n, d_sae]`` go in as a CSR matrix where the decoder allows it.
+
+    With L0 ≈ 60 of 2,304 latents the product costs half the dense one; the result
+    differs from the dense product by float32 rounding only (summation order).
+    """
+    flat = latents.ndim == 2 and latents.device.type == "cpu" and latents.shape[0] > 0
+    linear = flat and type(sae).decode in _LINEAR_DECODERS
+    if linear and torch.count_nonzero(latents) <= _SPARSE_DECODE * latents.numel():
+        with warnings.catch_warnings():  # torch calls its sparse CSR support beta; the product is plain
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+            return sae.decode(latents.to_sparse_csr())
+    return sae.decode(latents)
 
 
 def _splice(mask: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]):

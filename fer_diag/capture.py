@@ -299,28 +299,29 @@ class Capture:
 
 
 def token_readouts(
-    logits: torch.Tensor, tokens: torch.Tensor, rows: int = 16
+    logits: torch.Tensor, tokens: torch.Tensor, rows: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token NLL, predictive entropy (nats) and max-probability of the prediction of token t.
 
     With m = max z, e = exp(z − m), S = Σe and lse = m + ln S: NLL = lse − z_target,
     entropy = lse − Σ e·z / S, max-probability = 1 / S — one exponential pass, no
     log-softmax. Position 0 has no prediction and is NaN. Returned on CPU,
-    float32. Works through ``rows`` positions at a time, so the vocabulary-sized
-    intermediates stay in cache (16 rows of a 49k vocabulary: 3 MB, a third faster than 32 rows here).
+    float32. Works window by window (no copy of the logits) through ``rows``
+    positions at a time, so the vocabulary-sized intermediates stay in cache (8 rows
+    of a 49k vocabulary: 1.5 MB; 3× faster than one flattened pass here).
     """
-    b, t, v = logits.shape
-    flat = logits[:, :-1].reshape(-1, v)
-    target = tokens[:, 1:].reshape(-1, 1).to(flat.device)
-    out = torch.empty(3, flat.shape[0], device=flat.device)
-    for lo in range(0, flat.shape[0], rows):
-        z = flat[lo : lo + rows].float()
-        top = z.amax(-1, keepdim=True)
-        e = (z - top).exp_()
-        total = e.sum(-1)
-        lse = top.squeeze(-1) + total.log()
-        out[0, lo : lo + rows] = lse - z.gather(-1, target[lo : lo + rows]).squeeze(-1)
-        out[1, lo : lo + rows] = lse - torch.linalg.vecdot(e, z) / total
-        out[2, lo : lo + rows] = total.reciprocal()
-    pad = torch.full((b, 1), float("nan"), device=flat.device)
-    return tuple(torch.cat([pad, x.view(b, t - 1)], dim=1).cpu() for x in out)
+    b, t = logits.shape[:2]
+    target = tokens[:, 1:].to(logits.device)
+    out = torch.full((3, b, t), float("nan"), device=logits.device)
+    for i in range(b):
+        for lo in range(0, t - 1, rows):
+            hi = min(lo + rows, t - 1)
+            z = logits[i, lo:hi].float()
+            top = z.amax(-1, keepdim=True)
+            e = (z - top).exp_()
+            total = e.sum(-1)
+            lse = top.squeeze(-1) + total.log()
+            out[0, i, lo + 1 : hi + 1] = lse - z.gather(-1, target[i, lo:hi, None]).squeeze(-1)
+            out[1, i, lo + 1 : hi + 1] = lse - torch.linalg.vecdot(e, z) / total
+            out[2, i, lo + 1 : hi + 1] = total.reciprocal()
+    return tuple(x.cpu() for x in out)

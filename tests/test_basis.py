@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from sae_factory import make_sae
-from sae_lens import SAE, StandardSAEConfig, TopKSAEConfig
+from sae_lens import SAE, GatedSAEConfig, JumpReLUSAEConfig, StandardSAEConfig, TopKSAEConfig
 
-from fer_diag.basis import CESums, RawBasis, SAEBasis
+from fer_diag.basis import CESums, RawBasis, SAEBasis, decode
 from fer_diag.capture import Capture, token_readouts
 from fer_diag.data.suite import SetKind, TextSet, Windows
 
@@ -73,6 +73,24 @@ def test_sae_basis_reads_latents_like_sae_lens(batch, model, cfg_cls, kw):
         torch.testing.assert_close(latents.acts[HOOK1], expected)
         torch.testing.assert_close(basis.decode(HOOK1, latents.acts[HOOK1]), sae.decode(expected))
     assert latents.mask is batch.mask and latents.set_name == batch.set_name
+
+
+@pytest.mark.parametrize("cfg_cls", [StandardSAEConfig, JumpReLUSAEConfig, GatedSAEConfig, TopKSAEConfig])
+@pytest.mark.parametrize("density", [0.02, 0.5])
+def test_decode_of_sparse_latents_equals_the_dense_decode(cfg_cls, density, monkeypatch):
+    kw = {"k": 5} if cfg_cls is TopKSAEConfig else {}
+    sae = make_sae(16, HOOK0, d_sae=200, cfg_cls=cfg_cls, **kw)
+    g = torch.Generator().manual_seed(1)
+    f = torch.where(torch.rand(40, 200, generator=g) < density, torch.rand(40, 200, generator=g) * 3, 0.0)
+    to_csr = torch.Tensor.to_sparse_csr
+    made = []
+    monkeypatch.setattr(torch.Tensor, "to_sparse_csr", lambda self, *a: made.append(self.shape) or to_csr(self, *a))
+    with torch.no_grad():
+        got, expected = decode(sae, f), sae.decode(f)
+    assert got.layout == torch.strided and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # sparse only when sparse enough, and never into a decoder that is not a plain product (TopK's)
+    assert made == ([f.shape] if density < 0.05 and cfg_cls is not TopKSAEConfig else [])
 
 
 def test_ce_sums_known_answers(model):
