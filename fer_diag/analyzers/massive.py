@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -43,7 +42,6 @@ import torch
 
 from fer_diag.analyzers.base import Analyzer, Reading
 from fer_diag.capture import ActivationBatch, hook_layer
-from fer_diag.threads import thread_map
 
 
 class MassiveHit(NamedTuple):
@@ -284,8 +282,7 @@ class MassiveAnalyzer(Analyzer):
 
     Memory: an ``N_BINS`` histogram per hook, and counts per (hook, dim, bin,
     token id) of the candidates above ``abs_threshold`` — bounded by the
-    vocabulary and the bins, not by the corpus. Hooks run in threads (one per
-    torch thread); each fills only its own hook's keys.
+    vocabulary and the bins, not by the corpus.
     """
 
     name = "massive"
@@ -325,22 +322,20 @@ class MassiveAnalyzer(Analyzer):
         valid = batch.mask.bool().cpu().clone()
         valid[:, 0] = True  # BOS counts for detection; padding does not
         hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
-        for hook in hooks:  # declared here, in hook order: each thread only fills its own hook's keys
-            self.hist.setdefault(hook, np.zeros(N_BINS, dtype=np.int64))
-        thread_map(partial(self._update_hook, batch.acts, valid, batch.tokens.cpu()), hooks)
-
-    def _update_hook(self, acts: dict[str, torch.Tensor], valid: torch.Tensor, tokens: torch.Tensor, hook: str) -> None:
-        x = acts[hook].detach().cpu()
-        self.n_seqs[hook] = self.n_seqs.get(hook, 0) + x.shape[0]
-        self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
-        # the median's histogram reads every HIST_STRIDE-th coordinate of the non-padding positions:
-        # a fixed rule (the same for any batching or shard), a quarter of the work
-        a = x[:, :, ::HIST_STRIDE][valid].abs().numpy()
-        self.hist[hook] = self.hist[hook] + np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
-        self._candidates(hook, x, valid, tokens)
+        tokens = batch.tokens.cpu()
+        for hook in hooks:
+            x = batch.acts[hook].detach().cpu()
+            self.n_seqs[hook] = self.n_seqs.get(hook, 0) + x.shape[0]
+            self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
+            # the median's histogram reads every HIST_STRIDE-th coordinate of the non-padding positions:
+            # a fixed rule (the same for any batching or shard), a quarter of the work
+            a = x[valid][:, ::HIST_STRIDE].abs().numpy()
+            counts = np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
+            self.hist[hook] = counts if hook not in self.hist else self.hist[hook] + counts
+            self._candidates(hook, x, valid, tokens)
 
     def _candidates(self, hook: str, x: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor) -> None:
-        cand = valid & (torch.linalg.vector_norm(x, float("inf"), dim=-1) > self.abs_threshold)  # max |h|, one pass
+        cand = valid & (x.abs().amax(-1) > self.abs_threshold)
         if not cand.any():
             return
         rows, pos = cand.nonzero(as_tuple=True)
