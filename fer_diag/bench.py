@@ -2,8 +2,10 @@
 
 The floor is the model's forward pass over exactly the windows the audit reads
 (the full forward, since the audit needs logits for the perplexity baselines).
-Floor and audit are timed alternately, ``repeats`` times each, and the fastest of
-each is kept, so load from other processes on a shared machine hits both alike.
+Floor and audit are timed alternately (a floor before every audit run: ``2 ×
+repeats`` floors), and the fastest of each is kept, so load from other processes
+on a shared machine hits both alike; ``floor_spread`` (slowest / fastest floor)
+says how loaded the machine was.
 The streaming ratio is reported twice: the pipeline itself (capture, bases and
 every analyzer) without the verdict's random-basis sparsity, and with it (the
 extra sparsity of ``basis_rotations`` rotated copies of each raw hook, which the
@@ -36,6 +38,8 @@ class BenchResult(BaseModel):
     windows: int
     tokens: int
     forward_s: float
+    #: slowest / fastest floor of the run: 1.0 on a quiet machine; well above it, the ratios are noisy too
+    floor_spread: float
     #: capture + every analyzer over every window (the part that grows with the corpus); target ≤ 1.15 × forward
     audit_stream_s: float
     ratio_stream: float
@@ -97,7 +101,7 @@ def run_bench(
     hooks: list[str] | None = None,
     n_seqs: int = 32,
     memory_sizes: tuple[int, int] = (16, 64),
-    repeats: int = 2,
+    repeats: int = 3,
     batch_size: int = 8,
     seq_len: int = 128,
     use_saes: bool = True,
@@ -131,6 +135,7 @@ def run_bench(
     for _ in range(repeats):
         floors.append(_forward_floor(loaded, windows.tokens, batch_size))
         runs.append(_audit(loaded, suite, no_ce, saes))
+        floors.append(_forward_floor(loaded, windows.tokens, batch_size))
         rot_runs.append(_audit(loaded, suite, with_rot, saes))
     total, fastest, report = min(runs, key=lambda run: run[0])
     stream = min(run[1].seconds["analysis"] for run in runs)
@@ -144,6 +149,7 @@ def run_bench(
         windows=len(windows),
         tokens=int(windows.tokens.numel()),
         forward_s=floor,
+        floor_spread=max(floors) / floor,
         audit_stream_s=stream,
         ratio_stream=stream / floor,
         basis_rotations=config.basis_rotations,

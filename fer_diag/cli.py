@@ -475,7 +475,7 @@ def bench(
     n_seqs: Annotated[int, typer.Option(help="windows timed")] = 32,
     small: Annotated[int, typer.Option(help="corpus size (windows) for the first memory figure")] = 16,
     large: Annotated[int, typer.Option(help="corpus size (windows) for the second memory figure")] = 64,
-    repeats: Annotated[int, typer.Option()] = 2,
+    repeats: Annotated[int, typer.Option(help="audit runs per variant, each after its own floor")] = 3,
     no_saes: Annotated[bool, typer.Option(help="leave the default SAEs out")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -499,7 +499,8 @@ def bench(
     out = Console()
     t = Table(
         title=f"{res.model}: {len(res.hooks)} hooks, {res.n_saes} SAEs, {res.windows} windows, {res.tokens} tokens",
-        caption=f"{res.torch_threads} torch threads; fastest of the repeats, floor and audit timed alternately",
+        caption=f"{res.torch_threads} torch threads; fastest of the repeats, floor and audit timed alternately; "
+        f"slowest floor {res.floor_spread:.2f} × the fastest (machine load)",
     )
     for col in ("what", "seconds", "× forward"):
         t.add_column(col, justify="left" if col == "what" else "right")

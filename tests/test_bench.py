@@ -12,7 +12,7 @@ def test_bench_reports_consistent_ratios(tiny_hooked):
     except MissingCorpusError as e:
         pytest.skip(str(e))
     assert res.windows == 4 and res.tokens == 4 * 16 and res.n_saes == 0
-    assert res.forward_s > 0
+    assert res.forward_s > 0 and res.floor_spread >= 1.0
     assert res.ratio_stream == pytest.approx(res.audit_stream_s / res.forward_s)
     assert res.ratio_total == pytest.approx(res.audit_total_s / res.forward_s)
     assert res.ratio_stream_rotations == pytest.approx(res.audit_stream_rotations_s / res.forward_s)
