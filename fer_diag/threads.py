@@ -5,8 +5,8 @@ Torch ops already use every core; single-threaded numpy leaves all but one idle.
 shared by the whole process.
 
 Torch ops inside the pool run on their own thread only (``torch.set_num_threads(1)``
-there; the pool gives the parallelism). Otherwise each pool thread starts an
-OpenMP team of its own, and from then on the main thread's small torch ops run
+there; the pool gives the parallelism). Otherwise, under torch's OpenMP backend,
+each pool thread starts an OpenMP team of its own, and from then on the main thread's small torch ops run
 about twice as slowly here (libgomp; measured on the token readouts: 0.045 →
 0.09 s per batch, for the rest of the process).
 """
@@ -37,6 +37,8 @@ def _one_torch_thread() -> None:
 @cache
 def _pool() -> ThreadPoolExecutor:
     n = max(1, torch.get_num_threads())
+    if not torch.backends.openmp.is_available():  # torch's own thread pool is shared: nothing to set per thread
+        return ThreadPoolExecutor(n, thread_name_prefix=_PREFIX)
     ready = threading.Barrier(n)
     pool = ThreadPoolExecutor(n, thread_name_prefix=_PREFIX, initializer=_one_torch_thread)
     for f in [pool.submit(ready.wait) for _ in range(n)]:  # every thread started (and set to 1) now

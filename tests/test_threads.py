@@ -25,6 +25,7 @@ def test_nested_thread_map_runs_in_the_caller():
     assert all(name.startswith("fer-diag") for row in out for _, name in row)
 
 
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="set per thread only under OpenMP")
 def test_pool_threads_run_torch_on_one_thread_and_leave_the_caller_alone():
     n = torch.get_num_threads()
     assert set(thread_map(lambda _: torch.get_num_threads(), range(8))) == {1}
