@@ -182,11 +182,13 @@ def _row_stats(s: torch.Tensor, k0: int = 0, zeros: int = 0) -> _RowStats:
     d = width - k0 + zeros
     if d < 2:
         raise ValueError(f"sparsity metrics need d ≥ 2 coordinates, got {d}")
-    ranks = torch.arange(1 - k0 + zeros, d + 1, dtype=s.dtype)  # placeholders are 0: their rank is irrelevant
-    weights = torch.stack([torch.ones(width, dtype=s.dtype), ranks], 1)
-    l1, ranked = (s @ weights).double().unbind(1)
+    a = s.numpy()
+    ranks = np.arange(1 - k0 + zeros, d + 1, dtype=a.dtype)  # placeholders are 0: their rank is irrelevant
+    # BLAS matrix-vector products and numpy's SIMD log: several times faster than torch's here
+    l1, ranked = (torch.from_numpy(a @ w).double() for w in (np.ones(width, a.dtype), ranks))
     sq = _rowdot(s, s)
-    xl = s * s.clamp_min(torch.finfo(s.dtype).tiny).log_()  # a ln a, with 0 ln 0 = 0
+    xl = np.maximum(a, np.finfo(a.dtype).tiny)
+    xl = torch.from_numpy(np.multiply(np.log(xl, out=xl), a, out=xl))  # a ln a, with 0 ln 0 = 0
     # an entry equal to the row minimum never exceeds mean + std: the max() only removes rounding on flat rows
     low = s[:, k0].double() if not zeros else torch.zeros(n, dtype=torch.float64)
     thr = torch.maximum(_threshold(l1, sq, d), low)
