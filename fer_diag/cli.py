@@ -476,7 +476,9 @@ def bench(
     small: Annotated[int, typer.Option(help="corpus size (windows) for the first memory figure")] = 16,
     large: Annotated[int, typer.Option(help="corpus size (windows) for the second memory figure")] = 64,
     repeats: Annotated[int, typer.Option(help="audit runs per variant, each after its own floor")] = 3,
-    no_saes: Annotated[bool, typer.Option(help="leave the default SAEs out")] = False,
+    default_saes: Annotated[
+        bool, typer.Option("--default-saes/--no-default-saes", help="time the shipped default SAEs too")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Time the audit against the model's own forward pass on the same tokens (a ratio, one run) and peak memory."""
@@ -489,7 +491,7 @@ def bench(
             n_seqs=n_seqs,
             memory_sizes=(small, large),
             repeats=repeats,
-            use_saes=not no_saes,
+            use_saes=default_saes,
         )
     except _user_errors() as exc:
         _fail(exc)

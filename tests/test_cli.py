@@ -162,9 +162,10 @@ def test_graded_files_reach_the_audit(tmp_path, texts, no_audit, monkeypatch):
     assert "--graded" in help_text and '"level"' in help_text
 
 
-def test_default_saes_flag_pair_in_help():
-    result = runner.invoke(app, ["audit", "--help"], env={"COLUMNS": "200"})
-    assert "--no-default-saes" in result.output and "--no-no-default-saes" not in result.output
+@pytest.mark.parametrize("command", ["audit", "bench"])
+def test_default_saes_flag_pair_in_help(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert "--no-default-saes" in result.output and "--no-no-" not in result.output
 
 
 @pytest.mark.parametrize(
