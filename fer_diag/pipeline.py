@@ -33,7 +33,7 @@ from fer_diag.capture import ActivationBatch, Capture
 from fer_diag.data.suite import TextSet, Windows
 
 #: the layout of the analyzers' saved states; bump it when one changes, so older checkpoints are not resumed
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 
 def progress_bar(enabled: bool = True) -> Progress | nullcontext:

@@ -228,22 +228,27 @@ def test_result_does_not_depend_on_how_windows_are_batched():
     assert [d["dim"] for d in results[0]["hooks"][hook]["dims"]] == [2]
 
 
-def test_token_tally_adds_and_ranks_like_a_counter():
+def test_tally_adds_and_ranks_like_a_counter():
     from collections import Counter
 
-    from fer_diag.analyzers.massive import TokenTally
+    from fer_diag.analyzers.massive import Tally
 
     rng = np.random.default_rng(0)
-    empty = TokenTally.of(np.array([], dtype=np.int64))
+    empty = Tally.of(np.array([], dtype=np.int64))
     for n_a, n_b in ((0, 0), (0, 5), (7, 0), (50, 30), (200, 200)):
         a, b = rng.integers(0, 40, n_a), rng.integers(20, 60, n_b)  # overlapping and disjoint ids
-        got = TokenTally.of(a) + TokenTally.of(b)
+        got = Tally.of(a) + Tally.of(b)
         want = Counter(a.tolist()) + Counter(b.tolist())
-        assert dict(zip(got.ids.tolist(), got.counts.tolist(), strict=True)) == dict(want)
+        assert dict(zip(got.ids.tolist(), got.sums[:, 0].tolist(), strict=True)) == dict(want)
         assert list(got.ids) == sorted(want)  # kept sorted and unique
         ranked = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         assert got.top(5) == ranked  # most frequent first, ties by id
         assert (got + empty).top(100) == got.top(100)
     ids = np.array([5, 1, 5, 3, 1, 5])
-    summed = TokenTally.summed(ids, np.array([1, 2, 3, 4, 5, 6]))
-    assert summed.ids.tolist() == [1, 3, 5] and summed.counts.tolist() == [7, 4, 10]
+    summed = Tally.of(ids, np.array([1, 2, 3, 4, 5, 6]), np.array([1.0, 2, 3, 4, 5, 6]))
+    assert summed.ids.tolist() == [1, 3, 5] and summed.sums[:, 0].tolist() == [7, 4, 10]
+    assert summed.maxes[:, 0].tolist() == [5, 4, 6]
+    x = Tally.of(np.array([1, 2]), maxes=np.array([3.0, 1.0]))
+    both = x + Tally.of(np.array([4, 2]), maxes=np.array([2.0, 5.0]))
+    assert both.ids.tolist() == [1, 2, 4] and both.sums[:, 0].tolist() == [1, 2, 1]
+    assert both.maxes[:, 0].tolist() == [3, 5, 2]  # the larger maximum where both have an id

@@ -5,7 +5,7 @@ attribute per parameter, same name) and declares its accumulated state with
 :meth:`Analyzer.add_state` — a name, a default and a *reduction*:
 
 * ``"sum"``   numbers, numpy arrays, tensors, other objects with ``+``
-  (such as :class:`~fer_diag.analyzers.massive.TokenTally`): ``a + b``;
+  (such as :class:`~fer_diag.analyzers.massive.Tally`): ``a + b``;
 * ``"max"``   elementwise maximum;
 * ``"union"`` values that must agree wherever both shards saw them (e.g. what a
   text set is); a disagreement is an error;

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -42,6 +43,7 @@ import torch
 
 from fer_diag.analyzers.base import Analyzer, Reading
 from fer_diag.capture import ActivationBatch, hook_layer
+from fer_diag.threads import thread_map
 
 
 class MassiveHit(NamedTuple):
@@ -223,45 +225,63 @@ def calibrate_massive_dims(batch: ActivationBatch, abs_threshold: float, ratio: 
 
 # --------------------------------------------------------------------------- analyzer
 @dataclass(frozen=True)
-class TokenTally:
-    """Counts per int64 id: sorted unique ``ids`` and their ``counts`` (int64); ``+`` sums two exactly."""
+class Tally:
+    """Statistics per int64 id: sorted unique ``ids``, summed columns ``sums [n, k]``, maxima ``maxes [n, m]``.
+
+    ``+`` combines two exactly (sums add, maxima take the larger), so a tally is
+    a ``"sum"`` state whose size is bounded by the ids, not by the data.
+    """
 
     ids: np.ndarray
-    counts: np.ndarray
+    sums: np.ndarray
+    maxes: np.ndarray
 
     @classmethod
-    def of(cls, ids: np.ndarray) -> TokenTally:
-        """How often each id occurs in ``ids``."""
-        unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-        return cls(unique, counts.astype(np.int64))
+    def of(cls, ids: np.ndarray, sums: np.ndarray | None = None, maxes: np.ndarray | None = None) -> Tally:
+        """Rows grouped by id (any order, repeats allowed): ``sums`` added, ``maxes`` maximised.
 
-    @classmethod
-    def summed(cls, ids: np.ndarray, counts: np.ndarray) -> TokenTally:
-        """``counts`` summed per id (``ids`` in any order, repeats allowed)."""
+        Without ``sums`` it counts the ids (one int64 column).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        sums = np.ones((len(ids), 1), dtype=np.int64) if sums is None else sums.reshape(len(ids), -1)
+        maxes = np.zeros((len(ids), 0)) if maxes is None else maxes.reshape(len(ids), -1)
+        if not len(ids):
+            return cls(ids, sums, maxes)
         order = np.argsort(ids, kind="stable")
-        ids, counts = ids[order], counts[order]
-        starts = np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1))  # first of each run of equal ids
-        return cls(ids[starts], np.add.reduceat(counts, starts))
+        ids = ids[order]
+        starts = np.flatnonzero(np.diff(ids, prepend=ids[0] - 1))  # first of each run of equal ids
+        reduced = [np.add.reduceat(sums[order], starts), np.maximum.reduceat(maxes[order], starts)]
+        return cls(ids[starts], *reduced)
 
-    def __add__(self, other: TokenTally) -> TokenTally:
+    def __add__(self, other: Tally) -> Tally:
         big, small = (self, other) if len(self.ids) >= len(other.ids) else (other, self)
         at = np.searchsorted(big.ids, small.ids)  # the small one goes into the big one: no sort of the big one
-        seen = big.ids[np.minimum(at, len(big.ids) - 1)] == small.ids
-        counts = big.counts.copy()
-        counts[at[seen]] += small.counts[seen]
-        new = ~seen
-        return TokenTally(np.insert(big.ids, at[new], small.ids[new]), np.insert(counts, at[new], small.counts[new]))
+        seen = big.ids[np.minimum(at, len(big.ids) - 1)] == small.ids if len(big.ids) else np.zeros(0, bool)
+        sums, maxes = big.sums.copy(), big.maxes.copy()
+        sums[at[seen]] += small.sums[seen]
+        maxes[at[seen]] = np.maximum(maxes[at[seen]], small.maxes[seen])
+        new, where = ~seen, at[~seen]
+        return Tally(
+            np.insert(big.ids, where, small.ids[new]),
+            np.insert(sums, where, small.sums[new], axis=0),
+            np.insert(maxes, where, small.maxes[new], axis=0),
+        )
+
+    def select(self, keep: np.ndarray) -> Tally:
+        """The ids where ``keep`` is True."""
+        return Tally(self.ids[keep], self.sums[keep], self.maxes[keep])
 
     def top(self, n: int) -> list[tuple[int, int]]:
-        """The ``n`` most frequent ``(id, count)``, ties by id: independent of arrival order."""
-        order = np.lexsort((self.ids, -self.counts))[:n]
-        return list(zip(self.ids[order].tolist(), self.counts[order].tolist(), strict=True))
+        """The ``n`` ids of largest first sum ``(id, sum)``, ties by id: independent of arrival order."""
+        order = np.lexsort((self.ids, -self.sums[:, 0]))[:n]
+        return list(zip(self.ids[order].tolist(), self.sums[order, 0].tolist(), strict=True))
 
 
-#: a candidate's code packs (dim, bin of |h|, token id) into one int64, token id in the low TOKEN_BITS
+#: a candidate's (dim, bin of |h|) packs into one int64 ``dim << BIN_BITS | bin``; with its token id
+#: (low TOKEN_BITS) into ``dim << DIM_SHIFT | bin << TOKEN_BITS | token``
 TOKEN_BITS = 24
-_BIN_BITS = (N_BINS - 1).bit_length()
-_DIM_SHIFT = TOKEN_BITS + _BIN_BITS  # dims get the remaining 26 bits
+BIN_BITS = (N_BINS - 1).bit_length()
+_DIM_SHIFT = TOKEN_BITS + BIN_BITS  # dims get the remaining 26 bits
 
 
 def _pack(dims: np.ndarray, bins: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -269,6 +289,10 @@ def _pack(dims: np.ndarray, bins: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     if tokens.min() < 0 or tokens.max() >> TOKEN_BITS:
         raise ValueError(f"token ids must lie in [0, 2**{TOKEN_BITS})")
     return dims.astype(np.int64) << _DIM_SHIFT | bins.astype(np.int64) << TOKEN_BITS | tokens.astype(np.int64)
+
+
+def _fold(state: dict, hook: str, tally: Tally) -> None:
+    state[hook] = state[hook] + tally if hook in state else tally
 
 
 class MassiveAnalyzer(Analyzer):
@@ -280,9 +304,9 @@ class MassiveAnalyzer(Analyzer):
     abs_threshold, ratio: the Sun et al. criterion (|h| > 100 and ≥ 1000 × median |h|).
     top_tokens: token ids listed per dim.
 
-    Memory: an ``N_BINS`` histogram per hook, and counts per (hook, dim, bin,
-    token id) of the candidates above ``abs_threshold`` — bounded by the
-    vocabulary and the bins, not by the corpus.
+    Memory: an ``N_BINS`` histogram per hook, and :class:`Tally` s of the
+    candidates above ``abs_threshold`` per (dim, bin of |h|) and per (dim, bin,
+    token id) — bounded by the vocabulary and the bins, not by the corpus.
     """
 
     name = "massive"
@@ -302,19 +326,16 @@ class MassiveAnalyzer(Analyzer):
         self.add_state("hist", {}, "sum")  # hook → [N_BINS] counts of |h| over non-padding positions
         self.add_state("n_seqs", {}, "sum")  # hook → windows
         self.add_state("n_positions", {}, "sum")  # hook → non-padding positions
-        # candidates |h| > abs_threshold, keyed (hook, dim, bin of |h|)
-        self.add_state("hit_n", {}, "sum")
-        self.add_state("hit_first", {}, "sum")  # … at position 0
-        self.add_state("hit_max", {}, "max")  # … largest |h|
-        self.add_state("hit_tokens", {}, "sum")  # hook → TokenTally of the candidates' (dim, bin, token) codes
-        # per (window, dim) the candidate of largest |h|, keyed (hook, dim, bin of that |h|)
-        self.add_state("seq_n", {}, "sum")
-        self.add_state("seq_sum", {}, "sum")
-        self.add_state("seq_sumsq", {}, "sum")
-        # per token with a candidate: its energy share, keyed (hook, bin of the token's largest candidate)
-        self.add_state("tok_n", {}, "sum")
-        self.add_state("share_sum", {}, "sum")
-        self.add_state("share_max", {}, "max")
+        # hook → Tally of the candidates |h| > abs_threshold per (dim, bin): sums (hits, hits at position 0),
+        # maxes (largest |h|)
+        self.add_state("hits", {}, "sum")
+        self.add_state("hit_tokens", {}, "sum")  # hook → Tally counting the candidates' (dim, bin, token) codes
+        # hook → Tally of the candidate of largest |h| per (window, dim), per (dim, bin of that |h|):
+        # sums (windows, Σ value, Σ value²)
+        self.add_state("seq_values", {}, "sum")
+        # hook → Tally of the tokens holding a candidate, per bin of the token's largest candidate:
+        # sums (tokens, Σ energy share), maxes (largest share)
+        self.add_state("shares", {}, "sum")
 
     def update(self, batch: ActivationBatch) -> None:
         if batch.basis != "raw":
@@ -323,16 +344,19 @@ class MassiveAnalyzer(Analyzer):
         valid[:, 0] = True  # BOS counts for detection; padding does not
         hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
         tokens = batch.tokens.cpu()
-        for hook in hooks:
-            x = batch.acts[hook].detach().cpu()
-            self.n_seqs[hook] = self.n_seqs.get(hook, 0) + x.shape[0]
+        for hook in hooks:  # declared here: the threads only fill their own hook's entries
+            self.n_seqs[hook] = self.n_seqs.get(hook, 0) + batch.acts[hook].shape[0]
             self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
-            # the median's histogram reads every HIST_STRIDE-th coordinate of the non-padding positions:
-            # a fixed rule (the same for any batching or shard), a quarter of the work
-            a = x[valid][:, ::HIST_STRIDE].abs().numpy()
-            counts = np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
-            self.hist[hook] = counts if hook not in self.hist else self.hist[hook] + counts
-            self._candidates(hook, x, valid, tokens)
+        thread_map(partial(self._update_hook, valid, tokens, batch), hooks)
+
+    def _update_hook(self, valid: torch.Tensor, tokens: torch.Tensor, batch: ActivationBatch, hook: str) -> None:
+        x = batch.acts[hook].detach().cpu()
+        # the median's histogram reads every HIST_STRIDE-th coordinate of the non-padding positions:
+        # a fixed rule (the same for any batching or shard), a quarter of the work
+        a = x[..., ::HIST_STRIDE][valid].abs().numpy()  # strided first: a quarter of the copy
+        counts = np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
+        self.hist[hook] = counts if hook not in self.hist else self.hist[hook] + counts
+        self._candidates(hook, x, valid, tokens)
 
     def _candidates(self, hook: str, x: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor) -> None:
         cand = valid & (x.abs().amax(-1) > self.abs_threshold)
@@ -343,48 +367,22 @@ class MassiveAnalyzer(Analyzer):
         big = sub.abs() > self.abs_threshold
         i, dims = big.nonzero(as_tuple=True)
         vals = sub[i, dims].numpy()
-        bins = abs_bins(np.abs(vals))
+        size = np.abs(vals)
+        bins = abs_bins(size)
         r, p, d, tok = rows[i].numpy(), pos[i].numpy(), dims.numpy(), tokens[rows[i], pos[i]].numpy()
-        width = x.shape[-1]
-        dim_bin = bins.astype(np.int64) * width + d  # one integer per (dim, bin): a 1-D unique, not a row-wise one
-        codes, inv = np.unique(dim_bin, return_inverse=True)
-        groups = np.stack([codes % width, codes // width], 1)
-        inv = inv.reshape(-1)
-        n_hits, n_first = np.bincount(inv), np.bincount(inv, weights=p == 0)
-        largest = np.zeros(len(groups))
-        np.maximum.at(largest, inv, np.abs(vals))
-        for g, (dim, b) in enumerate(groups.tolist()):
-            key = (hook, dim, b)
-            self.hit_n[key] = self.hit_n.get(key, 0) + int(n_hits[g])
-            self.hit_first[key] = self.hit_first.get(key, 0) + int(n_first[g])
-            self.hit_max[key] = max(self.hit_max.get(key, 0.0), float(largest[g]))
-        tally = TokenTally.of(_pack(d, bins, tok))
-        self.hit_tokens[hook] = self.hit_tokens[hook] + tally if hook in self.hit_tokens else tally
+        dim_bin = d.astype(np.int64) << BIN_BITS | bins
+        _fold(self.hits, hook, Tally.of(dim_bin, np.stack([np.ones_like(p), p == 0], 1), size))
+        _fold(self.hit_tokens, hook, Tally.of(_pack(d, bins, tok)))
         # per (window, dim): the candidate of largest |h| (ties: first position), summed per (dim, bin)
-        order = np.lexsort((p, -np.abs(vals), d, r))
-        _, first = np.unique(r[order].astype(np.int64) * width + d[order], return_index=True)
+        order = np.lexsort((p, -size, d, r))
+        _, first = np.unique(r[order].astype(np.int64) * x.shape[-1] + d[order], return_index=True)
         top = order[first]
-        codes, at = np.unique(dim_bin[top], return_inverse=True)
-        keys = np.stack([codes % width, codes // width], 1)
-        at = at.reshape(-1)
-        n, total, total_sq = np.bincount(at), np.bincount(at, vals[top]), np.bincount(at, vals[top] ** 2)
-        for j, (dim, b) in enumerate(keys.tolist()):
-            key = (hook, dim, b)
-            self.seq_n[key] = self.seq_n.get(key, 0) + int(n[j])
-            self.seq_sum[key] = self.seq_sum.get(key, 0.0) + float(total[j])
-            self.seq_sumsq[key] = self.seq_sumsq.get(key, 0.0) + float(total_sq[j])
+        v = vals[top]
+        _fold(self.seq_values, hook, Tally.of(dim_bin[top], np.stack([np.ones_like(v), v, v * v], 1)))
         # per token: share of ‖h‖² above the absolute threshold, binned by the token's largest candidate
         share = (torch.where(big, sub, 0.0).square().sum(1) / sub.square().sum(1)).numpy()
-        tok_bins, at = np.unique(abs_bins(sub.abs().amax(1).numpy()), return_inverse=True)
-        at = at.reshape(-1)
-        n, total = np.bincount(at), np.bincount(at, share)
-        most = np.zeros(len(tok_bins))
-        np.maximum.at(most, at, share)
-        for j, b in enumerate(tok_bins.tolist()):
-            key = (hook, b)
-            self.tok_n[key] = self.tok_n.get(key, 0) + int(n[j])
-            self.share_sum[key] = self.share_sum.get(key, 0.0) + float(total[j])
-            self.share_max[key] = max(self.share_max.get(key, 0.0), float(most[j]))
+        tok_bins = abs_bins(sub.abs().amax(1).numpy())
+        _fold(self.shares, hook, Tally.of(tok_bins, np.stack([np.ones_like(share), share], 1), share))
 
     def compute(self) -> MassiveResult:
         hooks = {h: self._hook(h) for h in self.hist}
@@ -396,23 +394,23 @@ class MassiveAnalyzer(Analyzer):
         median = histogram_median(self.hist[hook])
         threshold = max(self.abs_threshold, self.ratio * median) if np.isfinite(median) else None
 
-        def kept(key: tuple) -> bool:
-            return key[0] == hook and threshold is not None and float(bin_centre(key[-1])) >= threshold
+        def kept(tally: Tally | None) -> Tally:
+            """The entries whose bin (the ids' low bits) has a geometric centre clearing the threshold."""
+            if tally is None or threshold is None:
+                return Tally.of(np.zeros(0, np.int64))
+            return tally.select(bin_centre(tally.ids & (N_BINS - 1)) >= threshold)
 
-        per_dim: dict[int, list[tuple]] = {}
-        for key in filter(kept, self.hit_n):
-            per_dim.setdefault(key[1], []).append(key)
+        hits, seqs = kept(self.hits.get(hook)), kept(self.seq_values.get(hook))
         n_seqs = self.n_seqs[hook]
-        tops = self._top_tokens(hook, threshold) if per_dim else {}
+        tops = self._top_tokens(hook, threshold) if len(hits.ids) else {}
         dims = []
-        for dim, keys in per_dim.items():
-            seq_keys = [k for k in keys if k in self.seq_n]
-            n = sum(self.seq_n[k] for k in seq_keys)
-            total = sum(self.seq_sum[k] for k in seq_keys)
-            mean = total / n if n else 0.0
-            var = max(sum(self.seq_sumsq[k] for k in seq_keys) / n - mean * mean, 0.0) if n else 0.0
-            n_hits = sum(self.hit_n[k] for k in keys)
-            first = sum(self.hit_first[k] for k in keys)
+        for dim in np.unique(hits.ids >> BIN_BITS).tolist():
+            h = hits.select(hits.ids >> BIN_BITS == dim)
+            s = seqs.select(seqs.ids >> BIN_BITS == dim).sums.sum(0) if len(seqs.ids) else np.zeros(3)
+            n = int(s[0])
+            mean = s[1] / n if n else 0.0
+            var = max(s[2] / n - mean * mean, 0.0) if n else 0.0
+            n_hits, first = (int(c) for c in h.sums.sum(0))
             dims.append(
                 MassiveDim(
                     dim=dim,
@@ -421,15 +419,15 @@ class MassiveAnalyzer(Analyzer):
                     seq_frac=n / max(n_seqs, 1),
                     hits_first_position=first,
                     hits_later_positions=n_hits - first,
-                    max_abs=max(self.hit_max[k] for k in keys),
-                    value_mean=mean,
+                    max_abs=float(h.maxes.max()),
+                    value_mean=float(mean),
                     value_cv=float(np.sqrt(var) / abs(mean)) if mean else None,
                     top_tokens=tops[dim],
                 )
             )
         dims.sort(key=lambda m: (-m.n_hits, m.dim))
-        tok_keys = [k for k in self.tok_n if kept(k)]
-        n_tok = sum(self.tok_n[k] for k in tok_keys)
+        shares = kept(self.shares.get(hook))
+        n_tok = int(shares.sums[:, 0].sum()) if len(shares.ids) else 0
         return MassiveHook(
             hook=hook,
             layer=hook_layer(hook),
@@ -439,19 +437,18 @@ class MassiveAnalyzer(Analyzer):
             threshold=threshold,
             n_hits=sum(m.n_hits for m in dims),
             n_hit_tokens=n_tok,
-            energy_share_mean=sum(self.share_sum[k] for k in tok_keys) / n_tok if n_tok else None,
-            energy_share_max=max(self.share_max[k] for k in tok_keys) if n_tok else None,
+            energy_share_mean=float(shares.sums[:, 1].sum()) / n_tok if n_tok else None,
+            energy_share_max=float(shares.maxes.max()) if n_tok else None,
             dims=dims,
         )
 
     def _top_tokens(self, hook: str, threshold: float) -> dict[int, list[tuple[int, int]]]:
         """``dim → top_tokens`` of a hook's candidates in the bins whose centre clears ``threshold``."""
         codes = self.hit_tokens[hook]
-        kept = bin_centre((codes.ids >> TOKEN_BITS) & (N_BINS - 1)) >= threshold
-        ids, counts = codes.ids[kept], codes.counts[kept]
-        dims, tokens = ids >> _DIM_SHIFT, ids & ((1 << TOKEN_BITS) - 1)
+        codes = codes.select(bin_centre((codes.ids >> TOKEN_BITS) & (N_BINS - 1)) >= threshold)
+        dims, tokens = codes.ids >> _DIM_SHIFT, codes.ids & ((1 << TOKEN_BITS) - 1)
         tops = {}
         for dim in np.unique(dims).tolist():
             lo, hi = np.searchsorted(dims, [dim, dim + 1])  # codes sort by dim first
-            tops[dim] = TokenTally.summed(tokens[lo:hi], counts[lo:hi]).top(self.top_tokens)
+            tops[dim] = Tally.of(tokens[lo:hi], codes.sums[lo:hi]).top(self.top_tokens)
         return tops
