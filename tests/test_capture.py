@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from fer_diag import capture
 from fer_diag.capture import (
     ActivationValueError,
     Capture,
@@ -14,6 +15,7 @@ from fer_diag.capture import (
     resolve_hooks,
     stop_layer,
     token_readouts,
+    unembed_readouts,
 )
 from fer_diag.data.suite import SetKind, TextSet, tokenize_windows
 from fer_diag.errors import FerDiagError, HookKindError
@@ -97,15 +99,45 @@ def test_token_readouts_match_hand_computation():
     assert ent[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
 
 
-def test_token_readouts_do_not_depend_on_the_chunk_size():
+def test_token_readouts_do_not_depend_on_the_chunk_size(monkeypatch):
     g = torch.Generator().manual_seed(0)
     logits, tokens = torch.randn(3, 9, 50, generator=g) * 4, torch.randint(0, 50, (3, 9), generator=g)
-    whole = token_readouts(logits, tokens, rows=10_000)
-    for rows in (1, 5, 7):  # chunk edges inside and across sequences
-        for a, b in zip(token_readouts(logits, tokens, rows=rows), whole, strict=True):
+    whole = token_readouts(logits, tokens, chunk=10_000)
+    monkeypatch.setattr(capture, "READOUT_ROWS", 5)  # row blocks inside and across sequences
+    for chunk in (1, 7, 13, 50):  # vocabulary chunks: the running maximum moves, a short last chunk
+        for a, b in zip(token_readouts(logits, tokens, chunk=chunk), whole, strict=True):
             torch.testing.assert_close(a, b, equal_nan=True)
     logp = torch.log_softmax(logits[:, :-1], -1)
+    torch.testing.assert_close(whole[0][:, 1:], -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1))
     torch.testing.assert_close(whole[1][:, 1:], -(logp.exp() * logp).sum(-1))
+    torch.testing.assert_close(whole[2][:, 1:], logp.exp().amax(-1))
+
+
+@pytest.mark.parametrize("soft_cap", [0.0, 3.0])
+def test_unembed_readouts_equal_the_readouts_of_the_logits(tiny_hooked, monkeypatch, soft_cap):
+    model = copy.deepcopy(tiny_hooked.model)
+    model.cfg.output_logits_soft_cap = soft_cap
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 11), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        want = token_readouts(model(tokens), tokens)
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    monkeypatch.setattr(capture, "READOUT_ROWS", 7)
+    for chunk in (5, model.cfg.d_vocab):
+        for a, b in zip(unembed_readouts(model, resid, tokens, chunk=chunk), want, strict=True):
+            torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_capture_readouts_do_not_depend_on_keeping_the_logits(tiny_hooked, windows):
+    ts, w = windows
+    hooks = ["blocks.0.hook_resid_post"]
+    chunked = Capture(tiny_hooked.model, hooks, batch_size=2, need_logits=True)
+    kept = Capture(tiny_hooked.model, hooks, batch_size=2, keep_logits=True)
+    assert chunked._chunked_unembed and not kept._chunked_unembed
+    assert not Capture(tiny_hooked.model, ["ln_final.hook_normalized"], need_logits=True)._chunked_unembed
+    for a, b in zip(chunked.batches(w, ts), kept.batches(w, ts), strict=True):
+        torch.testing.assert_close(a.acts, b.acts)
+        for name in ("token_nll", "token_entropy", "token_maxprob"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), equal_nan=True)
 
 
 def test_nan_activations_raise_with_fix(tiny_hooked, windows):
