@@ -2,6 +2,11 @@
 
 The floor is the model's forward pass over exactly the windows the audit reads
 (the full forward, since the audit needs logits for the perplexity baselines).
+The audit's capture does not form the logits of a HookedTransformer (it reduces
+them to the per-token readouts one vocabulary chunk at a time,
+:func:`fer_diag.capture.unembed_readouts`), which makes it cheaper than the plain
+forward pass; ``capture_s`` times that capture alone, so that ``ratio_analyzers``
+(audit over capture) shows what the analyzers themselves add.
 Floor and audit are timed alternately (a floor before every audit run: ``2 ×
 repeats`` floors), and the fastest of each is kept, so load from other processes
 on a shared machine hits both alike; ``floor_spread`` (slowest / fastest floor)
@@ -26,7 +31,8 @@ import torch
 from pydantic import BaseModel
 
 from fer_diag.audit import Audit, AuditConfig
-from fer_diag.data.suite import Suite, default_suite, tokenize_windows
+from fer_diag.capture import Capture
+from fer_diag.data.suite import Suite, Windows, default_suite, tokenize_windows
 from fer_diag.models import LoadedModel, load_model
 from fer_diag.report.schema import Report
 
@@ -43,6 +49,11 @@ class BenchResult(BaseModel):
     #: capture + every analyzer over every window (the part that grows with the corpus); target ≤ 1.15 × forward
     audit_stream_s: float
     ratio_stream: float
+    #: the capture alone (forward pass, cached hooks, per-token readouts; no analyzer), and ``capture_s / forward_s``
+    capture_s: float
+    ratio_capture: float
+    #: ``audit_stream_s / capture_s``: the share of the streaming cost that the bases and analyzers add
+    ratio_analyzers: float
     #: the same with the verdict's rotated bases (``basis_rotations`` extra sparsity passes per raw hook)
     basis_rotations: int
     audit_stream_rotations_s: float
@@ -68,6 +79,14 @@ def _forward_floor(loaded: LoadedModel, tokens: torch.Tensor, batch_size: int) -
     t = time.perf_counter()
     for lo in range(0, len(tokens), batch_size):
         loaded.model(tokens[lo : lo + batch_size])
+    return time.perf_counter() - t
+
+
+def _capture(loaded: LoadedModel, hooks: list[str], windows: Windows, suite: Suite, batch_size: int) -> float:
+    """Seconds to capture every batch as the audit does (logits reduced to readouts), with no analyzer."""
+    t = time.perf_counter()
+    for _ in Capture(loaded.model, hooks, batch_size=batch_size, need_logits=True).batches(windows, suite.reference):
+        pass
     return time.perf_counter() - t
 
 
@@ -131,17 +150,18 @@ def run_bench(
     with_rot = config.model_copy(update={"ce_windows": 0})
     no_ce = with_rot.model_copy(update={"basis_rotations": 0})
     _forward_floor(loaded, windows.tokens[:batch_size], batch_size)  # warm-up
-    floors, runs, rot_runs = [], [], []
+    floors, runs, rot_runs, captures = [], [], [], []
     for _ in range(repeats):
         floors.append(_forward_floor(loaded, windows.tokens, batch_size))
         runs.append(_audit(loaded, suite, no_ce, saes))
+        captures.append(_capture(loaded, runs[-1][2].hooks, windows, suite, batch_size))
         floors.append(_forward_floor(loaded, windows.tokens, batch_size))
         rot_runs.append(_audit(loaded, suite, with_rot, saes))
     total, fastest, report = min(runs, key=lambda run: run[0])
     stream = min(run[1].seconds["analysis"] for run in runs)
     stream_rot = min(run[1].seconds["analysis"] for run in rot_runs)
     _, with_ce, _ = _audit(loaded, suite, config, saes)
-    floor = min(floors)
+    floor, capture = min(floors), min(captures)
     return BenchResult(
         model=loaded.name,
         hooks=report.hooks,
@@ -152,6 +172,9 @@ def run_bench(
         floor_spread=max(floors) / floor,
         audit_stream_s=stream,
         ratio_stream=stream / floor,
+        capture_s=capture,
+        ratio_capture=capture / floor,
+        ratio_analyzers=stream / capture,
         basis_rotations=config.basis_rotations,
         audit_stream_rotations_s=stream_rot,
         ratio_stream_rotations=stream_rot / floor,

@@ -510,6 +510,8 @@ def bench(
     t.add_row(
         "audit, streaming: capture + analyzers (target ≤ 1.15)", f"{res.audit_stream_s:.2f}", f"{res.ratio_stream:.3f}"
     )
+    t.add_row("  of which capture alone: forward, hooks, readouts", f"{res.capture_s:.2f}", f"{res.ratio_capture:.3f}")
+    t.add_row("  of which bases and analyzers (× capture alone)", "", f"{res.ratio_analyzers:.3f}")
     t.add_row(
         f"  + verdict's random-basis sparsity ({res.basis_rotations} rotations)",
         f"{res.audit_stream_rotations_s:.2f}",
