@@ -24,7 +24,7 @@ import torch
 from sae_lens import SAE, GatedSAE, JumpReLUSAE, StandardSAE, TrainingSAE
 from transformer_lens import HookedTransformer
 
-from fer_diag.capture import ActivationBatch, hook_layer
+from fer_diag.capture import ActivationBatch, forward_readouts, hook_layer
 
 _RESID_POST = ".hook_resid_post"
 _RESID_HOOK = re.compile(r"\.hook_resid_(pre|mid|post)$")
@@ -194,16 +194,14 @@ class SAEBasis:
         tokens, mask = tokens.to(device), mask.to(device)
         count = mask[:, 1:]  # predictions of counted tokens (position 0 is never predicted)
         if clean_nll is None:
-            clean = _nll(model(tokens), tokens, count)
+            clean = _spliced_nll(model, tokens, count)
         else:
             clean = torch.where(count.cpu(), clean_nll[:, 1:].double(), 0.0).sum(1)
         n_tok = count.sum(1).cpu()
         out = {}
         for hook, sae in self.saes.items():
             cached = None if acts is None else acts.get(hook)
-            spliced = _nll(
-                _logits_with(model, tokens, hook, _splice(mask, partial(_recon, sae)), cached), tokens, count
-            )
+            spliced = _spliced_nll(model, tokens, count, hook, _splice(mask, partial(_recon, sae)), cached)
             ablated = self._ablated_nll(model, tokens, mask, hook, cached)
             out[hook] = [
                 CESums(float(c), float(s), float(a), int(n))
@@ -238,7 +236,7 @@ class SAEBasis:
             and getattr(model.tokenizer, "padding_side", "right") != "left"
         )
         if not shared:
-            return _nll(_logits_with(model, tokens, hook, _splice(mask, torch.zeros_like), acts), tokens, count)
+            return _spliced_nll(model, tokens, count, hook, _splice(mask, torch.zeros_like), acts)
         weight = next(model.parameters())
         cached = self._ablated_logp.setdefault(model, {})
         key = (hook, tokens.shape[1], int(tokens[0, 0]), weight.device, weight.dtype)
@@ -246,27 +244,31 @@ class SAEBasis:
             if len(cached) >= _ABLATED_CACHE:
                 del cached[next(iter(cached))]  # the oldest
             first = None if acts is None else acts[:1]
-            logits = _logits_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
+            logits = _run_with(model, tokens[:1], hook, _splice(mask[:1], torch.zeros_like), first)
             cached[key] = torch.log_softmax(logits[0, :-1].float(), dim=-1)  # [t − 1, vocab]
         logp = cached[key]
         nll = -logp[torch.arange(logp.shape[0], device=logp.device), tokens[:, 1:]]  # [b, t − 1]
         return torch.where(count, nll.double(), 0.0).sum(1).cpu()
 
 
-def _logits_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None) -> torch.Tensor:
-    """Logits with the hook's activation passed through ``replace`` (the forward-hook signature)."""
+def _run_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None, **kwargs) -> torch.Tensor:
+    """Logits (or what ``kwargs`` such as ``stop_at_layer`` ask the forward pass for) with the hook's
+    activation passed through ``replace`` (the forward-hook signature)."""
     layer = hook_layer(hook)
     if acts is not None and isinstance(model, HookedTransformer) and layer is not None and hook.endswith(_RESID_POST):
         resid = replace(acts.to(tokens.device, next(model.parameters()).dtype))
-        return model(resid, tokens=tokens, start_at_layer=layer + 1)
-    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)])
+        return model(resid, tokens=tokens, start_at_layer=layer + 1, **kwargs)
+    return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)], **kwargs)
 
 
-def _nll(logits: torch.Tensor, tokens: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Per-window summed NLL ``[b]`` (float64, CPU) of the predictions of counted tokens (logits at t predict t + 1)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return torch.where(count, nll.double(), 0.0).sum(1).cpu()
+def _spliced_nll(
+    model, tokens: torch.Tensor, count: torch.Tensor, hook: str | None = None, replace=None, acts=None
+) -> torch.Tensor:
+    """Per-window summed NLL ``[b]`` (float64, CPU) of the predictions of counted tokens (``count [b, t − 1]``), with
+    ``hook`` passed through ``replace`` (:func:`_run_with`; none: the clean model)."""
+    run = partial(model, tokens) if hook is None else partial(_run_with, model, tokens, hook, replace, acts)
+    nll = forward_readouts(model, tokens, run, [] if hook is None else [hook])[0][:, 1:]
+    return torch.where(count.cpu(), nll.double(), 0.0).sum(1)
 
 
 def _recon(sae: SAE, acts: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -231,9 +231,8 @@ class Capture:
 
     @property
     def _chunked_unembed(self) -> bool:
-        """Readouts without the logits (:func:`unembed_readouts`): a HookedTransformer, no hook past the blocks."""
-        wanted = self.need_logits and not self.keep_logits
-        return wanted and isinstance(self.model, HookedTransformer) and stop_layer(self.model, self.hooks) is not None
+        """Readouts without the logits (:func:`unembed_readouts`)."""
+        return self.need_logits and not self.keep_logits and chunked_unembed(self.model, self.hooks)
 
     def batches(
         self,
@@ -375,6 +374,26 @@ def token_readouts(
         chunks = (z[:, lo : lo + chunk] for lo in range(0, vocab, chunk))
         rows.append(_online_readouts(chunks, z.gather(1, tgt[:, None]).squeeze(1)))
     return _placed(torch.cat(rows, 1), b, t)
+
+
+def chunked_unembed(model, hooks: Sequence[str]) -> bool:
+    """Whether a forward pass touching ``hooks`` can end in :func:`unembed_readouts`: a HookedTransformer whose
+    hooks are all in or before its blocks."""
+    return isinstance(model, HookedTransformer) and stop_layer(model, hooks) is not None
+
+
+def forward_readouts(
+    model, tokens: torch.Tensor, forward: Callable[..., torch.Tensor], hooks: Sequence[str] = ()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`token_readouts` of ``forward(**kwargs)``, a forward pass of ``model`` on ``tokens`` touching ``hooks``.
+
+    Where :func:`chunked_unembed` allows it, the pass stops after the blocks
+    (``forward(stop_at_layer=n_layers)``) and the readouts come from
+    :func:`unembed_readouts`; otherwise from the logits of ``forward()``.
+    """
+    if chunked_unembed(model, hooks):
+        return unembed_readouts(model, forward(stop_at_layer=model.cfg.n_layers), tokens)
+    return token_readouts(forward(), tokens)
 
 
 @torch.inference_mode()

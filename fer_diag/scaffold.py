@@ -12,11 +12,12 @@ batch of windows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
 from fer_diag.analyzers.massive import MassiveResult
-from fer_diag.capture import ActivationBatch, token_readouts
+from fer_diag.capture import ActivationBatch, forward_readouts
 
 
 @torch.no_grad()
@@ -73,8 +74,8 @@ def scaffold_intervention(
         return float(per_token[keep].mean())
 
     def nll(fwd_hooks: list) -> float:
-        logits = model.run_with_hooks(tokens, return_type="logits", fwd_hooks=fwd_hooks)
-        return mean_nll(token_readouts(logits, tokens)[0])
+        run = partial(model.run_with_hooks, tokens, fwd_hooks=fwd_hooks)
+        return mean_nll(forward_readouts(model, tokens, run, [h for h, _ in fwd_hooks])[0])
 
     clean = nll([]) if clean_nll is None else mean_nll(clean_nll.cpu())
     mean = nll([(hook, setter(means))])
