@@ -310,7 +310,7 @@ class Capture:
                 )
 
 
-#: vocabulary columns per step of the readouts: a [1024, 2048] float32 block (8 MB) stays in cache
+#: vocabulary columns per step of the readouts: [1024, 2048] float32 temporaries (8 MB), not [1024, vocab] ones
 READOUT_CHUNK = 2048
 #: predictions per step of the readouts (bounds the blocks for long or many windows)
 READOUT_ROWS = 1024
@@ -331,17 +331,21 @@ def _online_readouts(chunks: Iterator[tuple[int, torch.Tensor]], target: torch.T
     z_target = torch.full(target.shape, float("nan"), device=target.device)
     for lo, z in chunks:
         z = z.float()
-        rows = ((target >= lo) & (target < lo + z.shape[1])).nonzero().squeeze(1)
-        z_target[rows] = z[rows, target[rows] - lo]
+        inside = (target >= lo) & (target < lo + z.shape[1])
+        at = (target - lo).clamp(0, z.shape[1] - 1)[:, None]
+        z_target = torch.where(inside, z.gather(1, at).squeeze(1), z_target)  # no host sync (GPU)
         top = z.amax(1)
         if e is None:
             e, m = torch.empty_like(z), top
         else:
             new = torch.maximum(m, top)
-            scale = (m - new).exp_()
+            scale = (m - new).exp_().nan_to_num_(nan=0.0)  # −inf − (−inf): nothing summed yet
             total, dot, m = total.mul_(scale), dot.mul_(scale), new
-        ez = torch.sub(z, m[:, None], out=e[:, : z.shape[1]]).exp_()
+        shift = torch.where(m > float("-inf"), m, 0.0)  # rows with only −inf logits so far add 0
+        ez = torch.sub(z, shift[:, None], out=e[:, : z.shape[1]]).exp_()
         chunk_total, chunk_dot = ez.sum(1), torch.linalg.vecdot(ez, z)
+        if not bool(torch.isfinite(chunk_dot).all()):  # 0 · (−inf) = NaN where a logit is −inf: it adds 0
+            chunk_dot = torch.linalg.vecdot(ez, torch.where(ez > 0, z, 0.0))
         total = chunk_total if total is None else total.add_(chunk_total)
         dot = chunk_dot if dot is None else dot.add_(chunk_dot)
     lse = m + total.log()
@@ -378,7 +382,7 @@ def token_readouts(
         z = flat[r0 : r0 + READOUT_ROWS]
         chunks = ((lo, z[:, lo : lo + chunk]) for lo in range(0, vocab, chunk))
         rows.append(_online_readouts(chunks, target[r0 : r0 + READOUT_ROWS]))
-    return _placed(torch.cat(rows, 1), b, t)
+    return _placed(torch.cat(rows, 1) if rows else torch.empty(3, 0), b, t)
 
 
 def chunked_unembed(model, hooks: Sequence[str]) -> bool:
@@ -412,14 +416,14 @@ def unembed_readouts(
     without ever holding the ``[b, t, vocab]`` logits: 0.1–0.25 s faster per batch of
     8 × 128 tokens than the full forward pass and :func:`token_readouts` here
     (SmolLM2-135M: 200 MB of logits per batch, written, then read again). Equal to
-    the readouts of the model's logits up to float32 rounding (the products are
-    summed in another order).
+    the readouts of the model's logits up to the rounding of the model's dtype (the
+    products may be summed in another order; in float32 on CPU they were identical).
     """
     b, t, _ = resid.shape
     x = model.ln_final(resid) if model.cfg.normalization_type is not None else resid
     x = x.reshape(b * t, -1)
     w, bias = model.unembed.W_U, model.unembed.b_U
-    vocab, cap = w.shape[1], model.cfg.output_logits_soft_cap
+    vocab, cap = w.shape[1], model.cfg.output_logits_soft_cap or 0.0
 
     def chunks(xb: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
         buf = torch.empty(len(xb), min(chunk, vocab), dtype=x.dtype, device=x.device)  # reused by each full chunk
@@ -433,4 +437,4 @@ def unembed_readouts(
         _online_readouts(chunks(x[r0 : r0 + READOUT_ROWS]), target[r0 : r0 + READOUT_ROWS])
         for r0 in range(0, b * t, READOUT_ROWS)
     ]
-    return _placed(torch.cat(rows, 1), b, t)
+    return _placed(torch.cat(rows, 1) if rows else torch.empty(3, 0), b, t)

@@ -15,8 +15,7 @@ def test_bench_reports_consistent_ratios(tiny_hooked):
     assert res.forward_s > 0 and res.floor_spread >= 1.0
     assert res.ratio_stream == pytest.approx(res.audit_stream_s / res.forward_s)
     assert res.ratio_total == pytest.approx(res.audit_total_s / res.forward_s)
-    assert res.ratio_capture == pytest.approx(res.capture_s / res.forward_s)
-    assert res.ratio_analyzers == pytest.approx(res.audit_stream_s / res.capture_s)
+    assert res.capture_s > 0  # timed, not left at a default
     assert res.ratio_stream_rotations == pytest.approx(res.audit_stream_rotations_s / res.forward_s)
     assert res.basis_rotations == 2
     assert set(res.fixed_s) == {"setup", "scaffold_intervention", "statistics", "verdict"}

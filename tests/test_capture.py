@@ -113,6 +113,18 @@ def test_token_readouts_do_not_depend_on_the_chunk_size(monkeypatch):
     torch.testing.assert_close(whole[2][:, 1:], logp.exp().amax(-1))
 
 
+def test_token_readouts_with_minus_infinity_logits_and_no_tokens():
+    logits = torch.tensor([[[-math.inf, -math.inf, 0.0, math.log(3.0)], [0.0] * 4]])
+    tokens = torch.tensor([[0, 3]])
+    for chunk in (1, 2, 4):  # the −inf logits alone in a chunk, or next to finite ones
+        nll, ent, maxp = token_readouts(logits, tokens, chunk=chunk)
+        assert nll[0, 1].item() == pytest.approx(-math.log(0.75), abs=1e-6)
+        assert maxp[0, 1].item() == pytest.approx(0.75, abs=1e-6)
+        assert ent[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
+    empty = token_readouts(torch.zeros(0, 5, 4), torch.zeros(0, 5, dtype=torch.long))
+    assert [tuple(x.shape) for x in empty] == [(0, 5)] * 3
+
+
 @pytest.mark.parametrize("soft_cap", [0.0, 3.0])
 def test_unembed_readouts_equal_the_readouts_of_the_logits(tiny_hooked, monkeypatch, soft_cap):
     model = copy.deepcopy(tiny_hooked.model)

@@ -252,3 +252,5 @@ def test_tally_adds_and_ranks_like_a_counter():
     both = x + Tally.of(np.array([4, 2]), maxes=np.array([2.0, 5.0]))
     assert both.ids.tolist() == [1, 2, 4] and both.sums[:, 0].tolist() == [1, 2, 1]
     assert both.maxes[:, 0].tolist() == [3, 5, 2]  # the larger maximum where both have an id
+    none = Tally.of(np.zeros(0, dtype=np.int64), np.zeros((0, 1)), np.zeros(0))  # float sums: added to int ones
+    assert none.sums.shape == (0, 1) and (none + both).ids.tolist() == [1, 2, 4]

@@ -243,8 +243,8 @@ class Tally:
         Without ``sums`` it counts the ids (one int64 column).
         """
         ids = np.asarray(ids, dtype=np.int64)
-        sums = np.ones((len(ids), 1), dtype=np.int64) if sums is None else sums.reshape(len(ids), -1)
-        maxes = np.zeros((len(ids), 0)) if maxes is None else maxes.reshape(len(ids), -1)
+        sums = np.ones((len(ids), 1), dtype=np.int64) if sums is None else _columns(sums)
+        maxes = np.zeros((len(ids), 0)) if maxes is None else _columns(maxes)
         if not len(ids):
             return cls(ids, sums, maxes)
         order = np.argsort(ids, kind="stable")
@@ -257,7 +257,8 @@ class Tally:
         big, small = (self, other) if len(self.ids) >= len(other.ids) else (other, self)
         at = np.searchsorted(big.ids, small.ids)  # the small one goes into the big one: no sort of the big one
         seen = big.ids[np.minimum(at, len(big.ids) - 1)] == small.ids if len(big.ids) else np.zeros(0, bool)
-        sums, maxes = big.sums.copy(), big.maxes.copy()
+        sums = big.sums.astype(np.result_type(big.sums, small.sums))  # a copy
+        maxes = big.maxes.astype(np.result_type(big.maxes, small.maxes))
         sums[at[seen]] += small.sums[seen]
         maxes[at[seen]] = np.maximum(maxes[at[seen]], small.maxes[seen])
         new, where = ~seen, at[~seen]
@@ -275,6 +276,11 @@ class Tally:
         """The ``n`` ids of largest first sum ``(id, sum)``, ties by id: independent of arrival order."""
         order = np.lexsort((self.ids, -self.sums[:, 0]))[:n]
         return list(zip(self.ids[order].tolist(), self.sums[order, 0].tolist(), strict=True))
+
+
+def _columns(values: np.ndarray) -> np.ndarray:
+    """``[n]`` or ``[n, k]`` values as ``[n, k]`` columns."""
+    return values[:, None] if values.ndim == 1 else values
 
 
 #: a candidate's (dim, bin of |h|) packs into one int64 ``dim << BIN_BITS | bin``; with its token id
@@ -342,9 +348,9 @@ class MassiveAnalyzer(Analyzer):
             return
         valid = batch.mask.bool().cpu().clone()
         valid[:, 0] = True  # BOS counts for detection; padding does not
-        hooks = batch.hooks if self.hooks is None else [h for h in self.hooks if h in batch.acts]
+        hooks = batch.hooks if self.hooks is None else list(dict.fromkeys(h for h in self.hooks if h in batch.acts))
         tokens = batch.tokens.cpu()
-        for hook in hooks:  # declared here: the threads only fill their own hook's entries
+        for hook in hooks:  # each thread below reads and writes only its own hook's entries
             self.n_seqs[hook] = self.n_seqs.get(hook, 0) + batch.acts[hook].shape[0]
             self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
         thread_map(partial(self._update_hook, valid, tokens, batch), hooks)
