@@ -178,7 +178,7 @@ class SAEBasis:
         zero-ablated), plus a clean one unless ``clean_nll`` — the clean run's
         per-token NLL as :func:`fer_diag.capture.token_readouts` gives it — is
         passed. With ``acts`` (the clean hook activations of these windows, as
-        captured) a HookedTransformer resumes from the block after a
+        captured) a HookedTransformer (not a Shortformer) resumes from the block after a
         ``hook_resid_post`` instead of running the blocks before it again; other
         hooks and models splice the value in through a forward hook. The
         zero-ablated pass of a residual-stream hook is often run once per run,
@@ -253,9 +253,14 @@ class SAEBasis:
 
 def _run_with(model, tokens: torch.Tensor, hook: str, replace, acts: torch.Tensor | None, **kwargs) -> torch.Tensor:
     """Logits (or what ``kwargs`` such as ``stop_at_layer`` ask the forward pass for) with the hook's
-    activation passed through ``replace`` (the forward-hook signature)."""
+    activation passed through ``replace`` (the forward-hook signature).
+
+    With the hook's captured ``acts``, a HookedTransformer resumes after a ``hook_resid_post``
+    (``start_at_layer``); a Shortformer does not, as its blocks also need the positional embedding.
+    """
     layer = hook_layer(hook)
-    if acts is not None and isinstance(model, HookedTransformer) and layer is not None and hook.endswith(_RESID_POST):
+    resumable = isinstance(model, HookedTransformer) and model.cfg.positional_embedding_type != "shortformer"
+    if acts is not None and resumable and layer is not None and hook.endswith(_RESID_POST):
         resid = replace(acts.to(tokens.device, next(model.parameters()).dtype))
         return model(resid, tokens=tokens, start_at_layer=layer + 1, **kwargs)
     return model.run_with_hooks(tokens, fwd_hooks=[(hook, replace)], **kwargs)

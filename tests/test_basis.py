@@ -200,3 +200,24 @@ def test_ce_ablation_on_a_bridge_runs_every_pass(tiny_bridge, point):
     got = torch.tensor([s.ablated for s in basis.ce_sums(model, w.tokens, w.mask)[hook]], dtype=torch.float64)
     torch.testing.assert_close(got, _ablated_reference(model, w.tokens, w.mask, hook), rtol=1e-5, atol=1e-6)
     assert model not in basis._ablated_logp
+
+
+def test_ce_splice_on_a_shortformer_model_resumes_like_a_full_pass():
+    """Shortformer models add the positional embedding inside each block: resuming after a hook must keep it."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, d_head=8, n_heads=2, d_mlp=32, n_ctx=16, d_vocab=40, act_fn="gelu",
+        positional_embedding_type="shortformer", seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(cfg)
+    basis = SAEBasis({HOOK0: exact_sae(16, HOOK0), HOOK1: zero_sae(16, HOOK1)})
+    w = windows(3, 10, cfg.d_vocab, seed=7)
+    _, cache = model.run_with_cache(w.tokens, names_filter=[HOOK0, HOOK1])
+    resumed = basis.ce_sums(model, w.tokens, w.mask, acts={h: cache[h] for h in (HOOK0, HOOK1)})
+    full = basis.ce_sums(model, w.tokens, w.mask)
+    for hook in (HOOK0, HOOK1):
+        for a, b in zip(resumed[hook], full[hook], strict=True):
+            assert (a.clean, a.tokens) == (b.clean, b.tokens)
+            assert a.sae == pytest.approx(b.sae, rel=1e-5) and a.ablated == pytest.approx(b.ablated, rel=1e-5)
+    assert sum(full[HOOK0], CESums()).score() == pytest.approx(1.0, abs=1e-4)  # exact SAE: nothing lost
