@@ -310,9 +310,10 @@ class Capture:
                 )
 
 
-#: vocabulary columns per step of the readouts: [1024, 2048] float32 temporaries (8 MB), not [1024, vocab] ones
+#: vocabulary columns per step of :func:`unembed_readouts`: [1024, 2048] float32 temporaries (8 MB), not
+#: [1024, vocab] ones; the product of a 1,024-row block with a column block of W_U stays efficient
 READOUT_CHUNK = 2048
-#: predictions per step of the readouts (bounds the blocks for long or many windows)
+#: predictions per step of :func:`unembed_readouts` (bounds the blocks for long or many windows)
 READOUT_ROWS = 1024
 
 
@@ -366,23 +367,25 @@ def _next_tokens(tokens: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def token_readouts(
-    logits: torch.Tensor, tokens: torch.Tensor, chunk: int = READOUT_CHUNK
+    logits: torch.Tensor, tokens: torch.Tensor, rows: int = 8, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token NLL, predictive entropy (nats) and max-probability of the prediction of token t, from ``logits``.
 
     Position 0 has no prediction and is NaN. Returned on CPU, float32. Reads the
-    logits in blocks of ``READOUT_ROWS`` predictions × ``chunk`` vocabulary columns
-    (:func:`_online_readouts`), so the temporaries stay small.
+    logits ``rows`` predictions at a time (:func:`_online_readouts`; ``chunk``
+    vocabulary columns at a time, default all), so the vocabulary-sized
+    intermediates stay in cache: 8 rows of a 49k vocabulary are 1.5 MB, 1.5× faster
+    here than blocks of 1,024 rows × 2,048 columns.
     """
     b, t, vocab = logits.shape
-    flat = logits.reshape(b * t, vocab)
+    flat, chunk = logits.reshape(b * t, vocab), chunk or vocab
     target = _next_tokens(tokens, logits.device)
-    rows = []
-    for r0 in range(0, b * t, READOUT_ROWS):
-        z = flat[r0 : r0 + READOUT_ROWS]
+    blocks = []
+    for r0 in range(0, b * t, rows):
+        z = flat[r0 : r0 + rows]
         chunks = ((lo, z[:, lo : lo + chunk]) for lo in range(0, vocab, chunk))
-        rows.append(_online_readouts(chunks, target[r0 : r0 + READOUT_ROWS]))
-    return _placed(torch.cat(rows, 1) if rows else torch.empty(3, 0), b, t)
+        blocks.append(_online_readouts(chunks, target[r0 : r0 + rows]))
+    return _placed(torch.cat(blocks, 1) if blocks else torch.empty(3, 0), b, t)
 
 
 def chunked_unembed(model, hooks: Sequence[str]) -> bool:

@@ -99,14 +99,14 @@ def test_token_readouts_match_hand_computation():
     assert ent[0, 1].item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
 
 
-def test_token_readouts_do_not_depend_on_the_chunk_size(monkeypatch):
+def test_token_readouts_do_not_depend_on_the_chunk_size():
     g = torch.Generator().manual_seed(0)
     logits, tokens = torch.randn(3, 9, 50, generator=g) * 4, torch.randint(0, 50, (3, 9), generator=g)
-    whole = token_readouts(logits, tokens, chunk=10_000)
-    monkeypatch.setattr(capture, "READOUT_ROWS", 5)  # row blocks inside and across sequences
-    for chunk in (1, 7, 13, 50):  # vocabulary chunks: the running maximum moves, a short last chunk
-        for a, b in zip(token_readouts(logits, tokens, chunk=chunk), whole, strict=True):
-            torch.testing.assert_close(a, b, equal_nan=True)
+    whole = token_readouts(logits, tokens, rows=10_000)
+    for rows in (1, 5, 7):  # row blocks inside and across sequences
+        for chunk in (1, 7, 13, None):  # vocabulary chunks: the running maximum moves, a short last chunk
+            for a, b in zip(token_readouts(logits, tokens, rows=rows, chunk=chunk), whole, strict=True):
+                torch.testing.assert_close(a, b, equal_nan=True)
     logp = torch.log_softmax(logits[:, :-1], -1)
     torch.testing.assert_close(whole[0][:, 1:], -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1))
     torch.testing.assert_close(whole[1][:, 1:], -(logp.exp() * logp).sum(-1))
