@@ -345,7 +345,8 @@ def _online_readouts(chunks: Iterator[tuple[int, torch.Tensor]], target: torch.T
         shift = torch.where(m > float("-inf"), m, 0.0)  # rows with only −inf logits so far add 0
         ez = torch.sub(z, shift[:, None], out=e[:, : z.shape[1]]).exp_()
         chunk_total, chunk_dot = ez.sum(1), torch.linalg.vecdot(ez, z)
-        if not bool(torch.isfinite(chunk_dot).all()):  # 0 · (−inf) = NaN where a logit is −inf: it adds 0
+        # 0 · (−inf) = NaN where a logit is −inf: it adds 0. Off the CPU always redone: checking needs a host sync
+        if z.device.type != "cpu" or not bool(torch.isfinite(chunk_dot).all()):
             chunk_dot = torch.linalg.vecdot(ez, torch.where(ez > 0, z, 0.0))
         total = chunk_total if total is None else total.add_(chunk_total)
         dot = chunk_dot if dot is None else dot.add_(chunk_dot)
