@@ -354,9 +354,10 @@ def _online_readouts(chunks: Iterator[tuple[int, torch.Tensor]], target: torch.T
     return torch.stack([lse - z_target, lse - dot / total, total.reciprocal()])
 
 
-def _placed(rows: torch.Tensor, b: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``[3, b·t]`` readouts of the predictions made at each position → ``[b, t]`` each about the token predicted
-    (position 0: NaN), on CPU."""
+def _placed(blocks: list[torch.Tensor], b: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``[3, rows]`` blocks of readouts, in order, of the predictions made at each of the b·t positions → ``[b, t]``
+    each about the token predicted (position 0: NaN), on CPU."""
+    rows = torch.cat(blocks, 1) if blocks else torch.empty(3, 0)
     out = torch.full((3, b, t), float("nan"), device=rows.device)
     out[:, :, 1:] = rows.view(3, b, t)[:, :, :-1]
     return tuple(x.cpu() for x in out)
@@ -386,7 +387,7 @@ def token_readouts(
         z = flat[r0 : r0 + rows]
         chunks = ((lo, z[:, lo : lo + chunk]) for lo in range(0, vocab, chunk))
         blocks.append(_online_readouts(chunks, target[r0 : r0 + rows]))
-    return _placed(torch.cat(blocks, 1) if blocks else torch.empty(3, 0), b, t)
+    return _placed(blocks, b, t)
 
 
 def chunked_unembed(model, hooks: Sequence[str]) -> bool:
@@ -442,4 +443,4 @@ def unembed_readouts(
         _online_readouts(chunks(x[r0 : r0 + READOUT_ROWS]), target[r0 : r0 + READOUT_ROWS])
         for r0 in range(0, b * t, READOUT_ROWS)
     ]
-    return _placed(torch.cat(rows, 1) if rows else torch.empty(3, 0), b, t)
+    return _placed(rows, b, t)

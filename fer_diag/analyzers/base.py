@@ -79,6 +79,11 @@ def reduce_states(a: Any, b: Any, how: Reduce) -> Any:
     raise ValueError(f"unknown reduction {how!r}")
 
 
+def accumulate(state: dict, key: Any, value: Any) -> None:
+    """``state[key] += value`` for a ``"sum"`` state, the first value inserted as it is (no copy, no zero)."""
+    state[key] = value if key not in state else state[key] + value
+
+
 class Analyzer(ABC):
     """Base class of every streaming analyzer (module docstring)."""
 

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.base import Analyzer, Reading, accumulate
 from fer_diag.capture import ActivationBatch, hook_layer
 from fer_diag.threads import thread_map
 
@@ -297,10 +297,6 @@ def _pack(dims: np.ndarray, bins: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     return dims.astype(np.int64) << _DIM_SHIFT | bins.astype(np.int64) << TOKEN_BITS | tokens.astype(np.int64)
 
 
-def _fold(state: dict, hook: str, tally: Tally) -> None:
-    state[hook] = state[hook] + tally if hook in state else tally
-
-
 class MassiveAnalyzer(Analyzer):
     """Massive activations per hook (raw basis only; see the module docstring for the streaming median).
 
@@ -351,8 +347,8 @@ class MassiveAnalyzer(Analyzer):
         hooks = batch.hooks if self.hooks is None else list(dict.fromkeys(h for h in self.hooks if h in batch.acts))
         tokens = batch.tokens.cpu()
         for hook in hooks:  # each thread below reads and writes only its own hook's entries
-            self.n_seqs[hook] = self.n_seqs.get(hook, 0) + batch.acts[hook].shape[0]
-            self.n_positions[hook] = self.n_positions.get(hook, 0) + int(valid.sum())
+            accumulate(self.n_seqs, hook, batch.acts[hook].shape[0])
+            accumulate(self.n_positions, hook, int(valid.sum()))
         thread_map(partial(self._update_hook, valid, tokens, batch), hooks)
 
     def _update_hook(self, valid: torch.Tensor, tokens: torch.Tensor, batch: ActivationBatch, hook: str) -> None:
@@ -361,7 +357,7 @@ class MassiveAnalyzer(Analyzer):
         # a fixed rule (the same for any batching or shard), a quarter of the work
         a = x[..., ::HIST_STRIDE][valid].abs().numpy()  # strided first: a quarter of the copy
         counts = np.bincount(abs_bins(a.ravel()), minlength=N_BINS)
-        self.hist[hook] = counts if hook not in self.hist else self.hist[hook] + counts
+        accumulate(self.hist, hook, counts)
         self._candidates(hook, x, valid, tokens)
 
     def _candidates(self, hook: str, x: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -377,18 +373,18 @@ class MassiveAnalyzer(Analyzer):
         bins = abs_bins(size)
         r, p, d, tok = rows[i].numpy(), pos[i].numpy(), dims.numpy(), tokens[rows[i], pos[i]].numpy()
         dim_bin = d.astype(np.int64) << BIN_BITS | bins
-        _fold(self.hits, hook, Tally.of(dim_bin, np.stack([np.ones_like(p), p == 0], 1), size))
-        _fold(self.hit_tokens, hook, Tally.of(_pack(d, bins, tok)))
+        accumulate(self.hits, hook, Tally.of(dim_bin, np.stack([np.ones_like(p), p == 0], 1), size))
+        accumulate(self.hit_tokens, hook, Tally.of(_pack(d, bins, tok)))
         # per (window, dim): the candidate of largest |h| (ties: first position), summed per (dim, bin)
         order = np.lexsort((p, -size, d, r))
         _, first = np.unique(r[order].astype(np.int64) * x.shape[-1] + d[order], return_index=True)
         top = order[first]
         v = vals[top]
-        _fold(self.seq_values, hook, Tally.of(dim_bin[top], np.stack([np.ones_like(v), v, v * v], 1)))
+        accumulate(self.seq_values, hook, Tally.of(dim_bin[top], np.stack([np.ones_like(v), v, v * v], 1)))
         # per token: share of ‖h‖² above the absolute threshold, binned by the token's largest candidate
         share = (torch.where(big, sub, 0.0).square().sum(1) / sub.square().sum(1)).numpy()
         tok_bins = abs_bins(sub.abs().amax(1).numpy())
-        _fold(self.shares, hook, Tally.of(tok_bins, np.stack([np.ones_like(share), share], 1), share))
+        accumulate(self.shares, hook, Tally.of(tok_bins, np.stack([np.ones_like(share), share], 1), share))
 
     def compute(self) -> MassiveResult:
         hooks = {h: self._hook(h) for h in self.hist}

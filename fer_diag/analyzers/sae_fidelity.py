@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
-from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.base import Analyzer, Reading, accumulate
 from fer_diag.analyzers.persequence import record_set
 from fer_diag.basis import CESums, SAEBasis
 from fer_diag.capture import ActivationBatch
@@ -115,22 +115,22 @@ class SAEFidelityAnalyzer(Analyzer):
             x_hat = self._basis.decode(hook, f).flatten(1).double()
             key = (hook, batch.set_name)
             self._add("", key, x, x_hat)
-            _add(self.sum_l0, key, int((f != 0).sum()))
+            accumulate(self.sum_l0, key, int((f != 0).sum()))
             if hook in self.massive_dims:
                 keep = torch.ones(x.shape[1], dtype=torch.bool)
                 keep[self.massive_dims[hook]] = False
                 self._add("masked_", key, x[:, keep], x_hat[:, keep])
             for seq, sums in (batch.ce or {}).get(hook, {}).items():
-                _add(self.ce, key, sums)
+                accumulate(self.ce, key, sums)
                 self.ce_windows[(hook, batch.set_name, seq)] = (sums.clean, sums.sae, sums.ablated, sums.tokens)
 
     def _add(self, prefix: str, key: Key, x: torch.Tensor, x_hat: torch.Tensor) -> None:
-        _add(getattr(self, f"{prefix}tokens"), key, len(x))
-        _add(getattr(self, f"{prefix}sum_x"), key, x.sum(0))
-        _add(getattr(self, f"{prefix}sum_sq"), key, float(x.pow(2).sum()))
-        _add(getattr(self, f"{prefix}sum_err"), key, float((x - x_hat).pow(2).sum()))
+        accumulate(getattr(self, f"{prefix}tokens"), key, len(x))
+        accumulate(getattr(self, f"{prefix}sum_x"), key, x.sum(0))
+        accumulate(getattr(self, f"{prefix}sum_sq"), key, float(x.pow(2).sum()))
+        accumulate(getattr(self, f"{prefix}sum_err"), key, float((x - x_hat).pow(2).sum()))
         cos = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1)
-        _add(getattr(self, f"{prefix}sum_cos"), key, float(cos.sum()))
+        accumulate(getattr(self, f"{prefix}sum_cos"), key, float(cos.sum()))
 
     def _metrics(self, prefix: str, key: Key) -> dict[str, Any]:
         parts = ("tokens", "sum_x", "sum_sq", "sum_err", "sum_cos")
@@ -179,10 +179,6 @@ class SAEFidelityAnalyzer(Analyzer):
                 rows[key[1]] = r
             out[hook] = {"reference_ev": ref_ev, "massive_dims": self.massive_dims.get(hook, []), "sets": rows}
         return {"hooks": out}
-
-
-def _add(state: dict, key, value) -> None:
-    state[key] = value if key not in state else state[key] + value
 
 
 def _drop(reference: float | None, value: float | None) -> float | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.base import Analyzer, Reading, accumulate
 from fer_diag.analyzers.persequence import record_set
 from fer_diag.capture import ActivationBatch
 
@@ -88,8 +88,8 @@ class ShiftedLatentsAnalyzer(Analyzer):
             f = acts[batch.mask]
             key = (hook, batch.set_name)
             fired = (f > 0).sum(0, dtype=torch.int64)
-            self.counts[key] = fired if key not in self.counts else self.counts[key] + fired
-            self.tokens[key] = self.tokens.get(key, 0) + len(f)
+            accumulate(self.counts, key, fired)
+            accumulate(self.tokens, key, len(f))
             if info.kind == "in_distribution" and len(f):
                 self._add_contexts(key, batch, f)
 

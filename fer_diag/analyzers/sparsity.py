@@ -48,7 +48,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from fer_diag.analyzers.base import Analyzer, Reading
+from fer_diag.analyzers.base import Analyzer, Reading, accumulate
 from fer_diag.analyzers.persequence import SequenceSample, SetInfo, record_set
 from fer_diag.capture import ActivationBatch
 from fer_diag.threads import thread_map
@@ -608,7 +608,7 @@ class SparsityAnalyzer(Analyzer):
         dims = _dims(layout.masked_dims, rows.shape[1])
         if latents:
             s, zeros, fires = _sorted_latents(rows)
-            _add(self.fires, key, fires)
+            accumulate(self.fires, key, fires)
             variants = [_metrics(_row_stats(s, zeros=zeros), latents)]
         elif dims is None:
             s, _ = _sorted_abs(rows)
@@ -619,16 +619,16 @@ class SparsityAnalyzer(Analyzer):
             variants = [_metrics(_add_removed(kept, s, removed)), _metrics(kept)]
         pr = _window_pr(x, mask, dims) if layout.window else []
         v64 = torch.stack([v[m] for v in variants for m in layout.metrics], 1).double()  # [N, V·M]
-        _add(self.tok_sum, key, v64.sum(0).numpy())
-        _add(self.tok_sumsq, key, v64.square().sum(0).numpy())
-        _add(self.n_tokens, key, len(v64))
+        accumulate(self.tok_sum, key, v64.sum(0).numpy())
+        accumulate(self.tok_sumsq, key, v64.square().sum(0).numpy())
+        accumulate(self.n_tokens, key, len(v64))
         means = torch.zeros(len(n_tok), v64.shape[1], dtype=torch.float64).index_add_(0, seq_of_row, v64)
         means = means[has] / n_tok[has, None]
         parts = [means, v64[last_row]] + ([torch.stack(pr, 1)[has].double()] if pr else [])
         table = torch.cat(parts, 1).numpy()
-        _add(self.col_sum, key, table.sum(0))
-        _add(self.col_sumsq, key, np.square(table).sum(0))
-        _add(self.n_seqs, key, len(table))
+        accumulate(self.col_sum, key, table.sum(0))
+        accumulate(self.col_sumsq, key, np.square(table).sum(0))
+        accumulate(self.n_seqs, key, len(table))
         self.samples[key].add(batch.seq_index[has].numpy(), batch.level, n_tok[has].numpy(), table.astype(np.float32))
 
     def compute(self) -> SparsityResult:
@@ -675,8 +675,3 @@ class SparsityAnalyzer(Analyzer):
             for stats in metrics.values():
                 stats["masked"] = stats["unmasked"]
         return Profile(n_tokens, n_seqs, list(layout.masked_dims), not layout.masked_dims, metrics)
-
-
-def _add(state: dict, key, value) -> None:
-    """``state[key] += value`` (inserting a copy-free first value)."""
-    state[key] = value if key not in state else state[key] + value
